@@ -1,0 +1,205 @@
+"""The edgekd ClientApp: one edge device / federated client.
+
+The handlers are thin: they parse the run config once, pick this node's partition from
+``context.node_config["partition-id"]`` and call the pure functions of :mod:`edgekd.training`.
+The message format is documented in :mod:`edgekd.protocol`. The same app runs under the
+simulation engine and on a real ``flower-supernode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from edgekd.config import ExperimentConfig, config_value
+from edgekd.experiment import TensorData, build_experiment_model, client_data, load_bundle
+from edgekd.protocol import ARRAYS, CONFIG, METRICS, WHOAMI, member_key
+from edgekd.training import evaluate as evaluate_model
+from edgekd.training import set_torch_threads, train_supervised
+
+__all__ = ["LocalTrainConfig", "app", "node_partition", "train_local"]
+
+app = ClientApp()
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """Per-message training settings: the message's config, falling back to the run config."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    proximal_mu: float
+    seed: int
+    ensemble_size: int
+    init: str
+    init_seed: int
+
+    @classmethod
+    def from_message(
+        cls, config: Mapping[str, Any], cfg: ExperimentConfig, partition_id: int
+    ) -> LocalTrainConfig:
+        """Merge a message's ``ConfigRecord`` over the run config (see :mod:`edgekd.protocol`)."""
+        server_round = config_value(config, "server-round", 0, int)
+        default_seed = cfg.seed * 1_000_003 + server_round * 1_009 + partition_id
+        local = cls(
+            epochs=config_value(config, "local-epochs", cfg.local_epochs, int),
+            batch_size=config_value(config, "batch-size", cfg.batch_size, int),
+            lr=config_value(config, "lr", cfg.lr, float),
+            momentum=config_value(config, "momentum", cfg.momentum, float),
+            weight_decay=config_value(config, "weight-decay", cfg.weight_decay, float),
+            proximal_mu=config_value(config, "proximal-mu", 0.0, float),
+            seed=config_value(config, "seed", default_seed, int),
+            ensemble_size=config_value(config, "ensemble-size", 1, int),
+            init=config_value(config, "init", "received", str),
+            init_seed=config_value(config, "init-seed", default_seed, int),
+        )
+        if local.ensemble_size < 1:
+            raise ValueError(f"ensemble-size must be >= 1, got {local.ensemble_size}")
+        if local.init not in {"received", "scratch"}:
+            raise ValueError(f"init must be 'received' or 'scratch', got {local.init!r}")
+        if local.epochs < 0 or local.batch_size < 1 or local.lr <= 0:
+            raise ValueError(
+                f"bad local schedule: local-epochs={local.epochs}, "
+                f"batch-size={local.batch_size}, lr={local.lr}"
+            )
+        return local
+
+
+def node_partition(context: Context, cfg: ExperimentConfig) -> int:
+    """This node's ``partition-id``, checked against ``num-partitions``."""
+    node_config = context.node_config
+    if "partition-id" not in node_config:
+        raise ValueError(
+            "this node has no 'partition-id' in its node config; start the SuperNode with "
+            "--node-config \"partition-id=<i> num-partitions=<n>\""
+        )
+    partition_id = int(node_config["partition-id"])
+    num_partitions = int(node_config.get("num-partitions", cfg.num_partitions))
+    if num_partitions != cfg.num_partitions:
+        raise ValueError(
+            f"node num-partitions={num_partitions} differs from run config "
+            f"num-partitions={cfg.num_partitions}; give the simulation as many SuperNodes "
+            "as partitions (num-supernodes) or set num-partitions to match"
+        )
+    return partition_id
+
+
+def train_local(
+    arrays: ArrayRecord, data: TensorData, local: LocalTrainConfig, cfg: ExperimentConfig
+) -> tuple[list[ArrayRecord], MetricRecord]:
+    """Train ``local.ensemble_size`` models (one per batch order) from ``arrays``.
+
+    Returns the trained models' arrays and the mean train loss/accuracy over the members.
+    """
+    state = arrays.to_torch_state_dict()
+    bundle = load_bundle(cfg)
+    flip = bundle.image_size >= 16
+    members: list[ArrayRecord] = []
+    losses, accs = [], []
+    for member in range(local.ensemble_size):
+        if local.init == "scratch":
+            model = build_experiment_model(cfg, seed=local.init_seed + member)
+        else:
+            model = build_experiment_model(cfg)
+            model.load_state_dict(state, strict=True)
+        global_params = (
+            [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
+        )
+        result = train_supervised(
+            model,
+            data.x,
+            data.y,
+            epochs=local.epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            momentum=local.momentum,
+            weight_decay=local.weight_decay,
+            seed=local.seed + 7_919 * member,
+            augment=cfg.augment,
+            padding=data.padding,
+            flip=flip,
+            proximal_mu=local.proximal_mu,
+            global_params=global_params,
+        )
+        members.append(ArrayRecord(model.state_dict()))
+        losses.append(result.loss)
+        accs.append(result.accuracy)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(data),
+            "train-loss": sum(losses) / len(losses),
+            "train-acc": sum(accs) / len(accs),
+            "ensemble-size": local.ensemble_size,
+        }
+    )
+    return members, metrics
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received model on this node's partition and reply with the trained arrays."""
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    set_torch_threads(cfg.client_threads)
+    partition_id = node_partition(context, cfg)
+    config = msg.content.config_records.get(CONFIG, ConfigRecord())
+    local = LocalTrainConfig.from_message(config, cfg, partition_id)
+    data = client_data(cfg, partition_id)
+    members, metrics = train_local(msg.content.array_records[ARRAYS], data, local, cfg)
+    metrics["partition-id"] = partition_id
+    log(
+        INFO,
+        "partition %s: trained %s model(s) on %s examples, loss %.4f, acc %.4f",
+        partition_id,
+        len(members),
+        len(data),
+        metrics["train-loss"],
+        metrics["train-acc"],
+    )
+    content = RecordDict({member_key(i): arr for i, arr in enumerate(members)})
+    content[METRICS] = metrics
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this node's own data."""
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    set_torch_threads(cfg.client_threads)
+    partition_id = node_partition(context, cfg)
+    data = client_data(cfg, partition_id)
+    model = build_experiment_model(cfg)
+    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict(), strict=True)
+    result = evaluate_model(model, data.x, data.y)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(data),
+            "eval-loss": result.loss,
+            "eval-acc": result.accuracy,
+            "partition-id": partition_id,
+        }
+    )
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+@app.query(WHOAMI)
+def whoami(msg: Message, context: Context) -> Message:
+    """Report this node's partition so that a server can address a chosen edge."""
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    partition_id = node_partition(context, cfg)
+    metrics = MetricRecord(
+        {
+            "partition-id": partition_id,
+            "num-partitions": cfg.num_partitions,
+            "num-examples": len(client_data(cfg, partition_id)),
+        }
+    )
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

@@ -1,0 +1,132 @@
+"""Run configuration: every tunable of ``[tool.flwr.app.config]`` parsed once.
+
+Flower delivers the app configuration as ``context.run_config`` (kebab-case keys, TOML types).
+:func:`ExperimentConfig.from_run_config` turns it into a frozen, validated dataclass so the rest
+of the code never converts config values ad hoc. Keys that a strategy defines for itself (for
+example the cloned-distillation keys) are parsed by that strategy's own config class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["ExperimentConfig", "config_value"]
+
+_MISSING = object()
+
+
+def config_value(run_config: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    """Read ``key`` from ``run_config`` as ``kind``, with a clear error for a bad value.
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        ``context.run_config`` or a message's ``ConfigRecord``.
+    key : str
+        The kebab-case key.
+    default : Any
+        Used when the key is absent.
+    kind : type
+        One of ``bool``, ``int``, ``float`` or ``str``.
+    """
+    value = run_config.get(key, default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                return lowered in {"true", "1", "yes"}
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"run config key {key!r} must be a {kind.__name__}, got {value!r}"
+        ) from err
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The shared part of the run configuration (see ``pyproject.toml``).
+
+    Every field corresponds to the kebab-case key of the same name
+    (``num_server_rounds`` <-> ``num-server-rounds``).
+    """
+
+    strategy: str = "fedavg"
+    strategy_plugins: str = ""
+    num_server_rounds: int = 3
+    seed: int = 0
+    output_dir: str = "results/runs"
+    dataset: str = "digits"
+    data_dir: str = ""
+    npz_path: str = ""
+    download: bool = False
+    normalize: bool = True
+    augment: bool = False
+    partitioner: str = "iid"
+    num_partitions: int = 4
+    dirichlet_alpha: float = 0.5
+    min_partition_size: int = 10
+    partition_seed: int = 42
+    core_fraction: float = 0.0
+    model: str = "cnn"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    client_threads: int = 0
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_available_nodes: int = 2
+    proximal_mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        """Validate ranges; names are checked against the registries by the server."""
+        checks: list[tuple[bool, str]] = [
+            (self.num_server_rounds >= 1, "num-server-rounds must be >= 1"),
+            (self.num_partitions >= 1, "num-partitions must be >= 1"),
+            (self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0"),
+            (self.min_partition_size >= 0, "min-partition-size must be >= 0"),
+            (0.0 <= self.core_fraction < 1.0, "core-fraction must be in [0, 1)"),
+            (self.local_epochs >= 0, "local-epochs must be >= 0"),
+            (self.batch_size >= 1, "batch-size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.momentum >= 0, "momentum must be >= 0"),
+            (self.weight_decay >= 0, "weight-decay must be >= 0"),
+            (self.client_threads >= 0, "client-threads must be >= 0 (0 = follow the CPU share)"),
+            (0.0 < self.fraction_train <= 1.0, "fraction-train must be in (0, 1]"),
+            (0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate must be in [0, 1]"),
+            (self.min_available_nodes >= 1, "min-available-nodes must be >= 1"),
+            (self.proximal_mu >= 0, "proximal-mu must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                key = message.split(" ", 1)[0]
+                raise ValueError(f"{message}, got {getattr(self, key.replace('-', '_'))!r}")
+        if self.dataset == "npz" and not self.npz_path:
+            raise ValueError("dataset 'npz' needs npz-path, got an empty npz-path")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
+        """Parse ``context.run_config`` (kebab-case keys); absent keys take the defaults."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = field.name.replace("_", "-")
+            kind = type(field.default)
+            values[field.name] = config_value(run_config, key, field.default, kind)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,389 @@
+"""Loading image classification datasets into memory as :class:`DataBundle` objects.
+
+Supported names (:data:`DATASET_NAMES`):
+
+``"digits"``
+    The default, embedded data set that needs no download: scikit-learn's ``load_digits()``
+    (1,797 real 8x8 handwritten digits with 17 grey levels), scaled to ``uint8`` 0..255 and
+    split 80/20 into train/test by a fixed, seeded (seed 0), stratified split.
+``"cifar10"`` / ``"cifar100"``
+    Read through ``torchvision.datasets.CIFAR10`` / ``CIFAR100`` from
+    ``<data_dir>/cifar-10-batches-py`` / ``<data_dir>/cifar-100-python`` (the extracted
+    official python archives). ``data_dir`` defaults to ``~/.cache/edgekd/data``. Nothing is
+    downloaded unless ``download=True``. If the files are present but fail torchvision's md5
+    integrity check (for example a subset written in the official pickle layout), the pickle
+    files are read directly instead, and a warning is logged.
+``"npz"``
+    A numpy ``.npz`` archive with ``x_train, y_train, x_test, y_test`` (images ``(N, H, W, C)``
+    or ``(N, H, W)`` ``uint8``, integer labels).
+
+Loaded bundles are cached per process (clients call :func:`load_dataset` on every message);
+their arrays are marked read-only so that the shared cached copy cannot be modified by
+accident; index or copy them before changing them in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.common.logger import log
+
+__all__ = ["DATASET_NAMES", "DEFAULT_DATA_DIR", "DataBundle", "load_dataset"]
+
+DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "digits", "npz")
+
+#: Where CIFAR is looked for when ``data_dir`` is empty or ``None``.
+DEFAULT_DATA_DIR: Path = Path("~/.cache/edgekd/data")
+
+_DIGITS_TEST_FRACTION = 0.2
+_DIGITS_SPLIT_SEED = 0
+_NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True, eq=False)
+class DataBundle:
+    """An in-memory image classification data set.
+
+    Attributes
+    ----------
+    name : str
+        Data set name, e.g. ``"cifar10"`` or ``"npz:<file stem>"``.
+    x_train : np.ndarray
+        Training images, ``(N, H, W, C)`` ``uint8``.
+    y_train : np.ndarray
+        Training labels, ``(N,)`` ``int64``.
+    x_test : np.ndarray
+        Test images, ``(M, H, W, C)`` ``uint8``.
+    y_test : np.ndarray
+        Test labels, ``(M,)`` ``int64``.
+    num_classes : int
+        Number of classes; labels lie in ``[0, num_classes)``.
+    mean : tuple[float, ...]
+        Per-channel mean of ``x_train`` in ``[0, 1]`` pixel units.
+    std : tuple[float, ...]
+        Per-channel (population) standard deviation of ``x_train`` in ``[0, 1]`` pixel units.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels ``C``."""
+        return int(self.x_train.shape[3])
+
+    @property
+    def image_size(self) -> int:
+        """Image height ``H`` (the images are assumed square)."""
+        return int(self.x_train.shape[1])
+
+
+def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of ``uint8`` HWC images, in ``[0, 1]`` units."""
+    channels = x.shape[3]
+    total = np.zeros(channels, dtype=np.float64)
+    total_sq = np.zeros(channels, dtype=np.float64)
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 1, 2))
+        total_sq += np.square(block).sum(axis=(0, 1, 2))
+    count = float(x.shape[0] * x.shape[1] * x.shape[2])
+    mean = total / count
+    var = np.maximum(total_sq / count - np.square(mean), 0.0)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(var))
+
+
+def _make_bundle(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+) -> DataBundle:
+    arrays = [
+        np.ascontiguousarray(x_train, dtype=np.uint8),
+        np.ascontiguousarray(y_train, dtype=np.int64),
+        np.ascontiguousarray(x_test, dtype=np.uint8),
+        np.ascontiguousarray(y_test, dtype=np.int64),
+    ]
+    for arr in arrays:
+        arr.setflags(write=False)
+    mean, std = _channel_stats(arrays[0])
+    return DataBundle(name, *arrays, num_classes=num_classes, mean=mean, std=std)
+
+
+# --------------------------------------------------------------------------------------------
+# digits
+# --------------------------------------------------------------------------------------------
+
+
+def _stratified_test_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return sorted ``(train_idx, test_idx)``; each class split ``round(n_k * fraction)``."""
+    rng = np.random.default_rng(seed)
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for k in np.unique(labels):
+        idx_k = np.flatnonzero(labels == k)
+        rng.shuffle(idx_k)
+        n_test = round(idx_k.size * test_fraction)
+        test.append(idx_k[:n_test])
+        train.append(idx_k[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _load_digits() -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.asarray(digits.images, dtype=np.float64)  # (1797, 8, 8), values 0..16
+    x = np.rint(images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
+    y = np.asarray(digits.target, dtype=np.int64)
+    train_idx, test_idx = _stratified_test_split(y, _DIGITS_TEST_FRACTION, _DIGITS_SPLIT_SEED)
+    return _make_bundle("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10)
+
+
+# --------------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------------
+
+
+def _check_npz_images(key: str, x: np.ndarray, path: Path) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"{key} in {path} must have shape (N, H, W, C) or (N, H, W), got {x.shape}"
+        )
+    if x.dtype != np.uint8:
+        raise ValueError(f"{key} in {path} must have dtype uint8, got {x.dtype}")
+    return x
+
+
+def _check_npz_labels(key: str, y: np.ndarray, num_images: int, path: Path) -> np.ndarray:
+    if y.ndim != 1:
+        raise ValueError(f"{key} in {path} must be 1-D, got shape {y.shape}")
+    if y.shape[0] != num_images:
+        raise ValueError(
+            f"{key} in {path} has {y.shape[0]} labels but there are {num_images} images"
+        )
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{key} in {path} must hold integers, got dtype {y.dtype}")
+    if y.size and int(y.min()) < 0:
+        raise ValueError(f"{key} in {path} must be non-negative, got minimum {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def _load_npz(path: Path) -> DataBundle:
+    if not path.is_file():
+        raise FileNotFoundError(f"npz data set file not found: {path}")
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [key for key in _NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise ValueError(
+                f"npz data set {path} is missing key(s) {', '.join(missing)}; "
+                f"it must hold {', '.join(_NPZ_KEYS)}"
+            )
+        data = {key: np.asarray(archive[key]) for key in _NPZ_KEYS}
+    x_train = _check_npz_images("x_train", data["x_train"], path)
+    x_test = _check_npz_images("x_test", data["x_test"], path)
+    if x_train.shape[0] == 0:
+        raise ValueError(f"x_train in {path} holds no images")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"x_train and x_test in {path} differ in image shape: "
+            f"{x_train.shape[1:]} vs {x_test.shape[1:]}"
+        )
+    y_train = _check_npz_labels("y_train", data["y_train"], x_train.shape[0], path)
+    y_test = _check_npz_labels("y_test", data["y_test"], x_test.shape[0], path)
+    num_classes = int(max(y_train.max(), y_test.max(initial=0))) + 1
+    return _make_bundle(f"npz:{path.stem}", x_train, y_train, x_test, y_test, num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CifarSpec:
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+
+
+_CIFAR_SPECS: dict[str, _CifarSpec] = {
+    "cifar10": _CifarSpec(
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        label_key="labels",
+        num_classes=10,
+    ),
+    "cifar100": _CifarSpec(
+        folder="cifar-100-python",
+        train_files=("train",),
+        test_files=("test",),
+        label_key="fine_labels",
+        num_classes=100,
+    ),
+}
+
+
+def _cifar_missing_message(name: str, root: Path, spec: _CifarSpec, missing: list[str]) -> str:
+    return (
+        f"{name} not found: looked in data directory {root} for the folder "
+        f"{spec.folder!r} (missing: {', '.join(missing)}). Provide it by passing "
+        f"download=True (run config: download = true) when online, or by copying the "
+        f"extracted official CIFAR python archive there so that {root / spec.folder} exists."
+    )
+
+
+def _entry(entry: dict[Any, Any], key: str) -> Any:
+    """Look ``key`` up in a CIFAR pickle dict whose keys may be ``str`` or ``bytes``."""
+    if key in entry:
+        return entry[key]
+    return entry[key.encode("ascii")]
+
+
+def _read_cifar_pickles(
+    folder: Path, files: tuple[str, ...], label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR files in the official pickle layout into HWC ``uint8`` images and labels."""
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for file_name in files:
+        with (folder / file_name).open("rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        images.append(np.asarray(_entry(entry, "data"), dtype=np.uint8))
+        labels.extend(int(v) for v in _entry(entry, label_key))
+    x = np.vstack(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, np.asarray(labels, dtype=np.int64)
+
+
+def _load_cifar(name: str, root: Path, download: bool) -> DataBundle:
+    from torchvision import datasets as tv_datasets
+
+    spec = _CIFAR_SPECS[name]
+    tv_class = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    folder = root / spec.folder
+    expected = spec.train_files + spec.test_files
+    missing = [f for f in expected if not (folder / f).is_file()]
+    if missing:
+        message = _cifar_missing_message(name, root, spec, missing)
+        if not download:
+            raise FileNotFoundError(message)
+        try:
+            tv_class(root=str(root), train=True, download=True)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise FileNotFoundError(f"{message} The download failed: {err}") from err
+    try:
+        train = tv_class(root=str(root), train=True, download=False)
+        test = tv_class(root=str(root), train=False, download=False)
+        x_train, y_train = np.asarray(train.data), np.asarray(train.targets, dtype=np.int64)
+        x_test, y_test = np.asarray(test.data), np.asarray(test.targets, dtype=np.int64)
+    except RuntimeError as err:
+        log(
+            logging.WARNING,
+            "%s files in %s failed torchvision's integrity check (%s); reading the official "
+            "pickle layout directly (expected for a subset of CIFAR)",
+            name,
+            folder,
+            err,
+        )
+        x_train, y_train = _read_cifar_pickles(folder, spec.train_files, spec.label_key)
+        x_test, y_test = _read_cifar_pickles(folder, spec.test_files, spec.label_key)
+    return _make_bundle(name, x_train, y_train, x_test, y_test, spec.num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(
+    name: str, data_dir: str | None, npz_path: str | None, download: bool, _stamp: object
+) -> DataBundle:
+    if name == "digits":
+        return _load_digits()
+    if name == "npz":
+        assert npz_path is not None
+        return _load_npz(Path(npz_path))
+    assert data_dir is not None
+    return _load_cifar(name, Path(data_dir), download)
+
+
+def _resolve(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    npz_path: str | Path | None = None,
+    download: bool = False,
+) -> DataBundle:
+    """Load a data set into memory (cached per process).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASET_NAMES`: ``"cifar10"``, ``"cifar100"``, ``"digits"``, ``"npz"``
+        (case-insensitive).
+    data_dir : str | Path | None, optional
+        Directory holding ``cifar-10-batches-py`` / ``cifar-100-python`` (CIFAR only). Empty
+        or ``None`` means ``~/.cache/edgekd/data``.
+    npz_path : str | Path | None, optional
+        Path of the ``.npz`` archive; required for ``"npz"``, ignored otherwise.
+    download : bool, optional
+        Let torchvision download CIFAR when it is missing, by default False.
+
+    Returns
+    -------
+    DataBundle
+        The data set; the same (read-only) object is returned for repeated calls with
+        equivalent arguments.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``, a missing ``npz_path`` for ``"npz"``, or an archive with
+        missing keys or malformed arrays.
+    FileNotFoundError
+        When the CIFAR files or the ``.npz`` file are not there (and, for CIFAR, cannot be
+        downloaded).
+    """
+    key = str(name).strip().lower()
+    if key not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if key == "digits":
+        return _load_cached("digits", None, None, False, None)
+    if key == "npz":
+        if npz_path is None or str(npz_path).strip() == "":
+            raise ValueError("dataset 'npz' needs npz_path, got an empty path")
+        path = _resolve(npz_path)
+        stamp: object = None
+        if path.is_file():
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)  # reload when the file changes
+        return _load_cached("npz", None, str(path), False, stamp)
+    root = DEFAULT_DATA_DIR if data_dir is None or str(data_dir).strip() == "" else data_dir
+    return _load_cached(key, str(_resolve(root)), None, bool(download), None)

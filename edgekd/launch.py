@@ -1,0 +1,246 @@
+"""Run an edgekd app with ``flwr run`` on a private, offline, self-cleaning simulation SuperLink.
+
+``flwr run .`` with Flower's default ``:local:`` connection starts a detached SuperLink that
+keeps running afterwards and, by default, tries to install the app's dependencies online. This
+launcher does the same run without either problem:
+
+1. starts ``flower-superlink --simulation --disable-runtime-dependency-installation`` on free
+   loopback ports, with its own database and log in a temporary ``FLWR_HOME``;
+2. writes a connection for it into that ``FLWR_HOME`` (the user's ``~/.flwr`` is untouched);
+3. calls ``flwr run APP edgekd-local --stream`` with your ``--run-config`` and
+   ``--federation-config`` (``num-supernodes`` defaults to the run's ``num-partitions``,
+   ``client-resources-num-cpus`` to 1);
+4. stops the SuperLink and everything it started (its process group), also on error or Ctrl-C.
+
+Usage::
+
+    python -m edgekd.launch [APP_DIR] [--run-config simulations/x.toml | "k=v ..."] \
+        [--federation-config "num-supernodes=4"] [--timeout SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LaunchError", "effective_run_config", "launch", "main", "private_superlink"]
+
+
+class LaunchError(RuntimeError):
+    """The SuperLink could not be started or the run failed."""
+
+
+def _env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower's executables: this interpreter's bin first, private FLWR_HOME."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    return {
+        **os.environ,
+        "PATH": path,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _parse_pairs(text: str) -> dict[str, Any]:
+    """Parse Flower's ``"k1=v1 k2=v2"`` override syntax (values are TOML)."""
+    values: dict[str, Any] = {}
+    for token in shlex.split(text):
+        key, sep, raw = token.partition("=")
+        if not sep:
+            raise ValueError(f"override {token!r} is not of the form key=value")
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
+def effective_run_config(app_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of ``app_dir`` with ``--run-config`` overrides applied."""
+    pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    config = dict(pyproject["tool"]["flwr"]["app"]["config"])
+    for override in overrides:
+        path = Path(override)
+        if override.endswith(".toml") and path.is_file():
+            config.update(tomllib.loads(path.read_text()))
+        else:
+            config.update(_parse_pairs(override))
+    return config
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], log_file: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(
+                f"flower-superlink exited with code {process.returncode}; see {log_file}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
+                return
+        time.sleep(0.2)
+    raise LaunchError(f"flower-superlink did not become healthy within 60 s; see {log_file}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate the process group of ``process`` (SuperLink, SuperExec, Ray)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def private_superlink(flwr_home: Path, num_supernodes: int, num_cpus: int) -> Iterator[str]:
+    """Start a simulation SuperLink and yield the name of a connection to it in ``flwr_home``."""
+    port = _free_port()
+    log_file = flwr_home / "superlink.log"
+    (flwr_home / "config.toml").write_text(
+        "[superlink]\n"
+        'default = "edgekd-local"\n\n'
+        "[superlink.edgekd-local]\n"
+        f'address = "127.0.0.1:{port}"\n'
+        "insecure = true\n"
+        f"options.num-supernodes = {num_supernodes}\n"
+        f"options.backend.client-resources.num-cpus = {num_cpus}\n"
+        "options.backend.client-resources.num-gpus = 0.0\n"
+    )
+    env = _env(flwr_home)
+    command = [
+        str(Path(sys.executable).with_name("flower-superlink")),
+        "--insecure",
+        "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(flwr_home / "state.db"),
+        "--log-file",
+        str(log_file),
+    ]
+    process = subprocess.Popen(  # noqa: S603 - fixed argv
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(port, process, log_file)
+        yield "edgekd-local"
+    finally:
+        _stop(process)
+
+
+def _run_outcome(flwr_returncode: int, listing_json: str) -> int:
+    """0 if the (only) run finished as completed; otherwise report why and return 1.
+
+    ``flwr run --stream`` exits 0 even when the ServerApp raised, so the run's status is read
+    from ``flwr ls``.
+    """
+    if flwr_returncode != 0:
+        return flwr_returncode
+    try:
+        runs = json.loads(listing_json).get("runs", [])
+    except json.JSONDecodeError:
+        print(f"edgekd.launch: cannot read the run status: {listing_json!r}", file=sys.stderr)
+        return 1
+    if not runs:
+        print("edgekd.launch: the SuperLink reports no run", file=sys.stderr)
+        return 1
+    run = runs[-1]
+    status = str(run.get("status", ""))
+    if status != "finished:completed":
+        print(f"edgekd.launch: run ended with status {status!r}: "
+              f"{run.get('status-details', '')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def launch(
+    app_dir: str | Path = ".",
+    run_config: Sequence[str] = (),
+    federation_config: str = "",
+    timeout: float | None = None,
+    flwr_home: str | Path | None = None,
+) -> int:
+    """Run the app in ``app_dir`` to completion; return ``flwr run``'s exit code."""
+    app = Path(app_dir).resolve()
+    config = effective_run_config(app, run_config)
+    federation = _parse_pairs(federation_config) if federation_config else {}
+    num_supernodes = int(federation.pop("num-supernodes", config.get("num-partitions", 2)))
+    num_cpus = int(federation.pop("client-resources-num-cpus", 1))
+    with contextlib.ExitStack() as stack:
+        home = Path(flwr_home) if flwr_home else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="edgekd-flwr-"))
+        )
+        home.mkdir(parents=True, exist_ok=True)
+        connection = stack.enter_context(private_superlink(home, num_supernodes, num_cpus))
+        command = [str(Path(sys.executable).with_name("flwr")), "run", str(app), connection]
+        command.append("--stream")
+        for override in run_config:
+            path = Path(override)
+            command += ["--run-config", str(path.resolve()) if path.is_file() else override]
+        if federation:
+            pairs = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                             for k, v in federation.items())
+            command += ["--federation-config", pairs]
+        env = _env(home)
+        completed = subprocess.run(command, env=env, timeout=timeout, check=False)  # noqa: S603
+        listing = subprocess.run(  # noqa: S603
+            [str(Path(sys.executable).with_name("flwr")), "ls", connection, "--format", "json"],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        return _run_outcome(completed.returncode, listing.stdout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: ``python -m edgekd.launch --help``."""
+    parser = argparse.ArgumentParser(prog="python -m edgekd.launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("app", nargs="?", default=".", help="the Flower app directory")
+    parser.add_argument("--run-config", "-c", action="append", default=[],
+                        help="a TOML file or 'key=value ...' overrides (repeatable)")
+    parser.add_argument("--federation-config", default="",
+                        help="e.g. 'num-supernodes=10 client-resources-num-cpus=1'")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    parser.add_argument("--flwr-home", default=None,
+                        help="keep the SuperLink's database and log here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    return launch(args.app, args.run_config, args.federation_config, args.timeout, args.flwr_home)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

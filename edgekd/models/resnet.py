@@ -1,0 +1,176 @@
+"""CIFAR ResNets of He et al. (2016), section 4.2.
+
+K. He, X. Zhang, S. Ren and J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
+
+The network is a 3x3 convolution with 16 filters followed by three stages of ``n`` basic blocks
+with 16, 32 and 64 filters (the first block of stages 2 and 3 downsamples with stride 2), global
+average pooling and a linear output layer, for a depth of ``6n + 2``. Shortcuts are identities;
+where the shape changes they use option A of the paper (stride-2 subsampling and zero-padding of
+the extra channels), so the shortcuts add no parameters: resnet20 has about 0.27M and resnet32
+about 0.46M parameters for 10 classes. Pooling is adaptive, so 8x8 inputs work as well.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgekd.models.base import EdgeKDModel, _check_positive_int, init_weights
+from edgekd.models.registry import register_model
+
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "resnet8",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet110",
+]
+
+
+class _PadShortcut(nn.Module):
+    """Parameter-free option-A shortcut: spatial subsampling plus zero channel padding."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        extra = planes - in_planes
+        self.pad_front = extra // 2
+        self.pad_back = extra - extra // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (option A) shortcut.
+
+    Parameters
+    ----------
+    in_planes : int
+        Number of input channels.
+    planes : int
+        Number of output channels (``>= in_planes``).
+    stride : int, optional
+        Stride of the first convolution, 1 or 2. Default 1.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = (
+            _PadShortcut(in_planes, planes, stride)
+            if stride != 1 or in_planes != planes
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block to ``x`` of shape ``(B, in_planes, H, W)``."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _ResNetBackbone(nn.Module):
+    def __init__(self, blocks_per_stage: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        stages: list[nn.Sequential] = []
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks: list[nn.Module] = []
+            for i in range(blocks_per_stage):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.pool(out).flatten(1)
+
+
+class CifarResNet(EdgeKDModel):
+    """CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, section 4.2).
+
+    Parameters
+    ----------
+    depth : int
+        Network depth; must be of the form ``6n + 2`` with ``n >= 1`` (8, 20, 32, 44, 56, 110...).
+    num_classes : int
+        Number of output classes, at least 2.
+    in_channels : int, optional
+        Number of input channels. Default 3.
+    representation_dim : int or None, optional
+        Size of an optional linear representation layer before the output layer.
+
+    Raises
+    ------
+    ValueError
+        If ``depth`` is not ``6n + 2`` for some ``n >= 1``.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        representation_dim: int | None = None,
+    ) -> None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth!r}")
+        in_channels = _check_positive_int("in_channels", in_channels, 1)
+        backbone = _ResNetBackbone((depth - 2) // 6, in_channels)
+        init_weights(backbone)
+        super().__init__(backbone, 64, num_classes, representation_dim)
+        self.depth: int = depth
+
+
+@register_model("resnet8")
+def resnet8(
+    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
+) -> CifarResNet:
+    """Build a CIFAR ResNet-8 (n = 1, ~0.08M parameters)."""
+    return CifarResNet(8, num_classes, in_channels, representation_dim=representation_dim)
+
+
+@register_model("resnet20")
+def resnet20(
+    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
+) -> CifarResNet:
+    """Build a CIFAR ResNet-20 (n = 3, ~0.27M parameters)."""
+    return CifarResNet(20, num_classes, in_channels, representation_dim=representation_dim)
+
+
+@register_model("resnet32")
+def resnet32(
+    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
+) -> CifarResNet:
+    """Build a CIFAR ResNet-32 (n = 5, ~0.46M parameters)."""
+    return CifarResNet(32, num_classes, in_channels, representation_dim=representation_dim)
+
+
+@register_model("resnet56")
+def resnet56(
+    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
+) -> CifarResNet:
+    """Build a CIFAR ResNet-56 (n = 9, ~0.85M parameters)."""
+    return CifarResNet(56, num_classes, in_channels, representation_dim=representation_dim)
+
+
+@register_model("resnet110")
+def resnet110(
+    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
+) -> CifarResNet:
+    """Build a CIFAR ResNet-110 (n = 18, ~1.7M parameters)."""
+    return CifarResNet(110, num_classes, in_channels, representation_dim=representation_dim)

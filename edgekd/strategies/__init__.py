@@ -1,0 +1,23 @@
+"""edgekd strategies: Flower ``Strategy`` subclasses selectable by name."""
+
+from edgekd.strategies import flower_baselines
+from edgekd.strategies.registry import (
+    StrategyContext,
+    StrategyFactory,
+    build_strategy,
+    import_plugins,
+    list_strategies,
+    register_strategy,
+    resolve_strategy,
+)
+
+__all__ = [
+    "StrategyContext",
+    "StrategyFactory",
+    "build_strategy",
+    "flower_baselines",
+    "import_plugins",
+    "list_strategies",
+    "register_strategy",
+    "resolve_strategy",
+]

@@ -1,0 +1,186 @@
+"""Pure training and evaluation functions shared by clients and server-side strategies.
+
+Nothing here knows about Flower: these functions take a model and tensors and return numbers,
+so the same code runs inside a ClientApp, inside a strategy at the server, and in plain loops
+(benchmarks, tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.datasets import BatchLoader
+from edgekd.losses import prox_term
+
+__all__ = [
+    "EvalResult",
+    "TrainResult",
+    "cpu_share_threads",
+    "evaluate",
+    "make_optimizer",
+    "predict_logits",
+    "set_torch_threads",
+    "train_supervised",
+]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean loss and accuracy over the last epoch, and the number of examples seen per epoch."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy loss and accuracy of a model on a labelled set."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def cpu_share_threads() -> int:
+    """Return the number of CPU cores this process was given.
+
+    Ray sets ``OMP_NUM_THREADS`` to a virtual client's ``num-cpus``; elsewhere the process's
+    CPU affinity is used. Torch threads beyond this share oversubscribe the cores.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_torch_threads(num_threads: int = 0) -> int:
+    """Set torch's intra-op threads (``0`` follows :func:`cpu_share_threads`); return it."""
+    threads = num_threads if num_threads > 0 else cpu_share_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def make_optimizer(
+    model: nn.Module, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.SGD:
+    """SGD with Nesterov-free momentum, as in the CIFAR ResNet schedule of He et al. 2016."""
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+
+
+def _cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
+
+def train_supervised(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    augment: bool = False,
+    padding: int = 4,
+    flip: bool = True,
+    lr_schedule: str = "constant",
+    proximal_mu: float = 0.0,
+    global_params: Sequence[torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with cross-entropy (plus an optional FedProx term).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to train (modified in place).
+    x, y : torch.Tensor
+        Normalised inputs (N, C, H, W) and int64 labels (N,).
+    epochs, batch_size, lr, momentum, weight_decay : training schedule
+        ``epochs == 0`` returns the current model's loss and accuracy without training.
+    seed : int
+        Seeds the batch order and the augmentation; two calls that differ only in ``seed``
+        differ only in batch sampling (the cloned perturbation ensemble relies on it).
+    augment, padding, flip : data augmentation (random crop with padding, horizontal flip).
+    lr_schedule : {"constant", "cosine"}
+        Per-step learning-rate schedule starting at ``lr``.
+    proximal_mu : float
+        FedProx proximal weight; needs ``global_params`` when positive.
+    global_params : Sequence[torch.Tensor], optional
+        Parameters of the received global model for the proximal term.
+    """
+    if lr_schedule not in {"constant", "cosine"}:
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if len(x) == 0:
+        raise ValueError("cannot train on an empty dataset (0 examples)")
+    if proximal_mu > 0 and global_params is None:
+        raise ValueError(f"proximal_mu={proximal_mu} needs global_params")
+    if epochs == 0:
+        result = evaluate(model, x, y, batch_size=max(batch_size, 256))
+        return TrainResult(result.loss, result.accuracy, len(x))
+    loader = BatchLoader(
+        x, y, batch_size, shuffle=True, seed=seed, augment=augment, padding=padding, flip=flip
+    )
+    optimizer = make_optimizer(model, lr, momentum, weight_decay)
+    total_steps = epochs * len(loader)
+    step = 0
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for _ in range(epochs):
+        loss_sum, correct, seen = 0.0, 0, 0
+        for xb, yb in loader:
+            if lr_schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = _cosine_lr(lr, step, total_steps)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            if proximal_mu > 0 and global_params is not None:
+                loss = loss + prox_term(model, global_params, proximal_mu)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(yb)
+            correct += int((logits.detach().argmax(1) == yb).sum())
+            seen += len(yb)
+    return TrainResult(loss_sum / max(seen, 1), correct / max(seen, 1), len(x))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` (eval mode, no grad) for every row of ``x``."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    if not outs:
+        return torch.empty(0)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> EvalResult:
+    """Cross-entropy loss and accuracy of ``model`` on ``(x, y)`` in eval mode."""
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on an empty dataset (0 examples)")
+    logits = predict_logits(model, x, batch_size)
+    loss = float(F.cross_entropy(logits, y))
+    accuracy = float((logits.argmax(1) == y).float().mean())
+    return EvalResult(loss, accuracy, len(x))
