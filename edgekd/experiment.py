@@ -104,8 +104,7 @@ def client_data(cfg: ExperimentConfig, partition_id: int) -> TensorData:
     """The training data of edge/client ``partition_id``."""
     if not 0 <= partition_id < cfg.num_partitions:
         raise ValueError(
-            f"partition-id {partition_id} is out of range for num-partitions "
-            f"{cfg.num_partitions}"
+            f"partition-id {partition_id} is out of range for num-partitions {cfg.num_partitions}"
         )
     bundle = load_bundle(cfg)
     idx = experiment_split(cfg).partitions[partition_id]

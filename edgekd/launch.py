@@ -150,7 +150,7 @@ def private_superlink(flwr_home: Path, num_supernodes: int, num_cpus: int) -> It
         "--log-file",
         str(log_file),
     ]
-    process = subprocess.Popen(  # noqa: S603 - fixed argv
+    process = subprocess.Popen(
         command,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -162,6 +162,23 @@ def private_superlink(flwr_home: Path, num_supernodes: int, num_cpus: int) -> It
         yield "edgekd-local"
     finally:
         _stop(process)
+
+
+PATH_KEYS = ("npz-path", "data-dir", "output-dir")
+
+
+def _absolute_path_overrides(config: dict[str, Any]) -> list[str]:
+    """Resolve relative path keys against the launcher's working directory.
+
+    The ServerApp and ClientApps run from Flower's copy of the app with another working
+    directory, so ``npz-path='../shared/data/x.npz'`` must be made absolute here.
+    """
+    pairs = []
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            pairs.append(f"{key}={json.dumps(str(Path(value).resolve()))}")
+    return [" ".join(pairs)] if pairs else []
 
 
 def _run_outcome(flwr_returncode: int, listing_json: str) -> int:
@@ -183,8 +200,10 @@ def _run_outcome(flwr_returncode: int, listing_json: str) -> int:
     run = runs[-1]
     status = str(run.get("status", ""))
     if status != "finished:completed":
-        print(f"edgekd.launch: run ended with status {status!r}: "
-              f"{run.get('status-details', '')}", file=sys.stderr)
+        print(
+            f"edgekd.launch: run ended with status {status!r}: {run.get('status-details', '')}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -199,12 +218,15 @@ def launch(
     """Run the app in ``app_dir`` to completion; return ``flwr run``'s exit code."""
     app = Path(app_dir).resolve()
     config = effective_run_config(app, run_config)
+    run_config = [*run_config, *_absolute_path_overrides(config)]
     federation = _parse_pairs(federation_config) if federation_config else {}
     num_supernodes = int(federation.pop("num-supernodes", config.get("num-partitions", 2)))
     num_cpus = int(federation.pop("client-resources-num-cpus", 1))
     with contextlib.ExitStack() as stack:
-        home = Path(flwr_home) if flwr_home else Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="edgekd-flwr-"))
+        home = (
+            Path(flwr_home)
+            if flwr_home
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgekd-flwr-")))
         )
         home.mkdir(parents=True, exist_ok=True)
         connection = stack.enter_context(private_superlink(home, num_supernodes, num_cpus))
@@ -214,30 +236,48 @@ def launch(
             path = Path(override)
             command += ["--run-config", str(path.resolve()) if path.is_file() else override]
         if federation:
-            pairs = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                             for k, v in federation.items())
+            pairs = " ".join(
+                f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in federation.items()
+            )
             command += ["--federation-config", pairs]
         env = _env(home)
-        completed = subprocess.run(command, env=env, timeout=timeout, check=False)  # noqa: S603
-        listing = subprocess.run(  # noqa: S603
+        completed = subprocess.run(command, env=env, timeout=timeout, check=False)
+        listing = subprocess.run(
             [str(Path(sys.executable).with_name("flwr")), "ls", connection, "--format", "json"],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return _run_outcome(completed.returncode, listing.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m edgekd.launch --help``."""
-    parser = argparse.ArgumentParser(prog="python -m edgekd.launch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m edgekd.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("app", nargs="?", default=".", help="the Flower app directory")
-    parser.add_argument("--run-config", "-c", action="append", default=[],
-                        help="a TOML file or 'key=value ...' overrides (repeatable)")
-    parser.add_argument("--federation-config", default="",
-                        help="e.g. 'num-supernodes=10 client-resources-num-cpus=1'")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=[],
+        help="a TOML file or 'key=value ...' overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--federation-config",
+        default="",
+        help="e.g. 'num-supernodes=10 client-resources-num-cpus=1'",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
-    parser.add_argument("--flwr-home", default=None,
-                        help="keep the SuperLink's database and log here (default: a temp dir)")
+    parser.add_argument(
+        "--flwr-home",
+        default=None,
+        help="keep the SuperLink's database and log here (default: a temp dir)",
+    )
     args = parser.parse_args(argv)
     return launch(args.app, args.run_config, args.federation_config, args.timeout, args.flwr_home)
 

@@ -76,9 +76,7 @@ def make_optimizer(
     model: nn.Module, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.SGD:
     """SGD with Nesterov-free momentum, as in the CIFAR ResNet schedule of He et al. 2016."""
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def _cosine_lr(base_lr: float, step: int, total_steps: int) -> float:

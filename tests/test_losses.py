@@ -83,7 +83,7 @@ def test_kd_kl_errors() -> None:
     """Mismatched shapes and non-positive temperatures raise ValueError naming them."""
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
         kd_kl_loss(torch.zeros(2, 4), torch.zeros(2, 3), 1.0)
-    with pytest.raises(ValueError, match="temperature.*0"):
+    with pytest.raises(ValueError, match=r"temperature.*0"):
         kd_kl_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0)
 
 
@@ -250,7 +250,7 @@ def test_prox_term_errors() -> None:
     """Negative mu and mismatched global parameters raise ValueError naming them."""
     model = nn.Linear(2, 1)
     params = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match="mu.*-1"):
+    with pytest.raises(ValueError, match=r"mu.*-1"):
         prox_term(model, params, mu=-1.0)
     with pytest.raises(ValueError, match="1 tensors"):
         prox_term(model, params[:1], mu=0.1)

@@ -80,7 +80,7 @@ def node_partition(context: Context, cfg: ExperimentConfig) -> int:
     if "partition-id" not in node_config:
         raise ValueError(
             "this node has no 'partition-id' in its node config; start the SuperNode with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\""
+            '--node-config "partition-id=<i> num-partitions=<n>"'
         )
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", cfg.num_partitions))

@@ -46,7 +46,9 @@ def make_output_dir(cfg: ExperimentConfig, run_id: int | str = "") -> Path:
     return (Path(cfg.output_dir).expanduser() / f"{name}-{stamp}{suffix}").resolve()
 
 
-def prepare_run(run_config: Mapping[str, Any], out_dir: Path) -> tuple[ExperimentConfig, RunRecorder]:
+def prepare_run(
+    run_config: Mapping[str, Any], out_dir: Path
+) -> tuple[ExperimentConfig, RunRecorder]:
     """Validate everything that can be checked before training and start the recorder.
 
     Raises ``ValueError``/``FileNotFoundError`` naming the bad value: unknown dataset, model or
@@ -62,8 +64,14 @@ def prepare_run(run_config: Mapping[str, Any], out_dir: Path) -> tuple[Experimen
     recorder = RunRecorder(out_dir)
     histograms = split.histograms(bundle.y_train, bundle.num_classes)
     core_hist = class_histograms(bundle.y_train, [split.core], bundle.num_classes)[0]
-    log(INFO, "edgekd: dataset %s, %s classes, %s train / %s test images", bundle.name,
-        bundle.num_classes, len(bundle.y_train), len(bundle.y_test))
+    log(
+        INFO,
+        "edgekd: dataset %s, %s classes, %s train / %s test images",
+        bundle.name,
+        bundle.num_classes,
+        len(bundle.y_train),
+        len(bundle.y_test),
+    )
     if len(split.core):
         log(INFO, "edgekd: core split  n=%5d  classes=%s", len(split.core), core_hist.tolist())
     for pid, hist in enumerate(histograms):
@@ -101,8 +109,15 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> 
             server_round,
             {"test-loss": result.loss, "test-acc": result.accuracy, "elapsed-s": elapsed},
         )
-        log(INFO, "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs)", server_round,
-            cfg.num_server_rounds, result.accuracy, result.loss, elapsed)
+        log(
+            INFO,
+            "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs)",
+            server_round,
+            cfg.num_server_rounds,
+            result.accuracy,
+            result.loss,
+            elapsed,
+        )
         return MetricRecord({"test-loss": result.loss, "test-acc": result.accuracy})
 
     train_config = ConfigRecord(

@@ -1,0 +1,1 @@
+"""Worked examples shipped with the edgekd app."""
