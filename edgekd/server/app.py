@@ -138,7 +138,10 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> 
         evaluate_fn=central_evaluate,
     )
     for server_round, metrics in result.train_metrics_clientapp.items():
-        recorder.log_round(server_round, {f"train/{k}": v for k, v in metrics.items()})
+        row = recorder.rounds.get(server_round, {})
+        recorder.log_round(
+            server_round, {f"train/{k}": v for k, v in metrics.items() if k not in row}
+        )
     for server_round, metrics in result.evaluate_metrics_clientapp.items():
         recorder.log_round(server_round, {f"client-eval/{k}": v for k, v in metrics.items()})
     recorder.plot(title=f"{cfg.strategy} on {cfg.dataset} ({cfg.model})")

@@ -1,6 +1,6 @@
 """edgekd strategies: Flower ``Strategy`` subclasses selectable by name."""
 
-from edgekd.strategies import flower_baselines
+from edgekd.strategies import cloned_distillation, flower_baselines
 from edgekd.strategies.registry import (
     StrategyContext,
     StrategyFactory,
@@ -15,6 +15,7 @@ __all__ = [
     "StrategyContext",
     "StrategyFactory",
     "build_strategy",
+    "cloned_distillation",
     "flower_baselines",
     "import_plugins",
     "list_strategies",

@@ -1,0 +1,168 @@
+"""Server-side distillation from returned edge models into the core model (Phase 2).
+
+Teachers never change once they are returned, and the core data never changes either. So a
+teacher's logits are computed once, when it arrives, on a fixed *distillation pool* (the core
+data, or ``views`` augmented copies of it), and stored. Distilling from a temporal memory of M
+edge models then costs one student forward/backward per batch plus a gather of stored logits,
+whatever M is: no teacher forward happens inside the distillation loop.
+
+Epoch ``e`` of a distillation uses view ``e % views`` of the pool, in a seeded batch order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgekd.datasets import augment_batch
+from edgekd.losses import cloned_distillation_loss
+from edgekd.training import TrainResult, make_optimizer, predict_logits
+
+__all__ = ["DistillPool", "distill", "make_distill_pool", "pool_logits"]
+
+
+@dataclass(frozen=True)
+class DistillPool:
+    """``views`` copies of the core data, stacked: ``x`` is (views * n, C, H, W)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    views: int
+    n: int
+
+    def view(self, index: int) -> slice:
+        """Rows of view ``index`` (taken modulo ``views``)."""
+        start = (index % self.views) * self.n
+        return slice(start, start + self.n)
+
+
+def make_distill_pool(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    views: int = 1,
+    augment: bool = False,
+    padding: int = 4,
+    flip: bool = True,
+    seed: int = 0,
+) -> DistillPool:
+    """Build the pool: ``views`` augmented copies of ``(x, y)``, or ``x`` itself once.
+
+    With ``augment=False`` the pool is the core data (``views`` is forced to 1, since every
+    view would be identical).
+    """
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    if len(x) == 0:
+        raise ValueError("the distillation pool needs core data, got 0 examples")
+    if not augment:
+        return DistillPool(x, y, 1, len(x))
+    generator = torch.Generator().manual_seed(seed)
+    copies = [augment_batch(x, generator, padding=padding, flip=flip) for _ in range(views)]
+    return DistillPool(torch.cat(copies), y.repeat(views), views, len(x))
+
+
+def pool_logits(models: Sequence[nn.Module], pool: DistillPool) -> torch.Tensor:
+    """Logits of each model on the whole pool (eval mode, no grad): (len(models), V*n, C)."""
+    return torch.stack([predict_logits(model, pool.x) for model in models])
+
+
+def _cosine(base: float, step: int, total: int) -> float:
+    return 0.5 * base * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+
+def distill(
+    student: nn.Module,
+    pool: DistillPool,
+    teacher_logits: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    temperature: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    teacher_weights: torch.Tensor | None = None,
+    ce_weight: float = 1.0,
+    seed: int = 0,
+    lr_schedule: str = "cosine",
+) -> TrainResult:
+    """Train ``student`` in place with L = CE(core) + t² Σ_m w_m KL(teacher_m ‖ student).
+
+    Parameters
+    ----------
+    student : nn.Module
+        The core model.
+    pool : DistillPool
+        The core data views the teachers' logits were computed on.
+    teacher_logits : torch.Tensor
+        (M, V*n, C) stored teacher logits on ``pool`` (:func:`pool_logits`). ``M == 0`` trains
+        with cross-entropy only.
+    epochs, batch_size, lr, momentum, weight_decay : schedule
+        The learning rate restarts at ``lr`` (the schedule's initial high value) and follows
+        ``lr_schedule`` ("cosine" or "constant") over all steps.
+    temperature : float
+        Softmax temperature t (> 0).
+    teacher_weights : torch.Tensor, optional
+        (M,) non-negative weights; default all ones (the paper's plain sum, Eq. 2).
+    ce_weight : float
+        Weight of the cross-entropy term.
+    seed : int
+        Seeds the batch order.
+
+    Returns
+    -------
+    TrainResult
+        Mean total loss and the student's training accuracy on the core data over the last
+        epoch (the signal that jumps when a corrupted teacher is distilled).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if lr_schedule not in {"cosine", "constant"}:
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+    if teacher_logits.dim() != 3 or teacher_logits.shape[1] != len(pool.x):
+        raise ValueError(
+            f"teacher_logits must be (M, {len(pool.x)}, C), got {tuple(teacher_logits.shape)}"
+        )
+    num_teachers = teacher_logits.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(student, lr, momentum, weight_decay)
+    steps_per_epoch = math.ceil(pool.n / batch_size)
+    total = epochs * steps_per_epoch
+    step = 0
+    loss_sum, correct, seen = 0.0, 0, 0
+    student.train()
+    for epoch in range(epochs):
+        offset = pool.view(epoch).start
+        order = torch.randperm(pool.n, generator=generator) + offset
+        loss_sum, correct, seen = 0.0, 0, 0
+        for start in range(0, pool.n, batch_size):
+            rows = order[start : start + batch_size]
+            xb, yb = pool.x[rows], pool.y[rows]
+            if lr_schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = _cosine(lr, step, total)
+            logits = student(xb)
+            if num_teachers:
+                loss = cloned_distillation_loss(
+                    logits,
+                    yb,
+                    teacher_logits[:, rows],
+                    temperature,
+                    teacher_weights=teacher_weights,
+                    ce_weight=ce_weight,
+                )
+            else:
+                loss = ce_weight * nn.functional.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(yb)
+            correct += int((logits.detach().argmax(1) == yb).sum())
+            seen += len(yb)
+    return TrainResult(loss_sum / max(seen, 1), correct / max(seen, 1), pool.n)
