@@ -83,6 +83,7 @@ class ExperimentConfig:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     client_threads: int = 0
@@ -114,6 +115,8 @@ class ExperimentConfig:
             if not ok:
                 key = message.split(" ", 1)[0]
                 raise ValueError(f"{message}, got {getattr(self, key.replace('-', '_'))!r}")
+        if self.lr_schedule not in {"constant", "cosine"}:
+            raise ValueError(f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.dataset == "npz" and not self.npz_path:
             raise ValueError("dataset 'npz' needs npz-path, got an empty npz-path")
 

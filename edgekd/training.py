@@ -129,7 +129,7 @@ def train_supervised(
     if proximal_mu > 0 and global_params is None:
         raise ValueError(f"proximal_mu={proximal_mu} needs global_params")
     if epochs == 0:
-        result = evaluate(model, x, y, batch_size=max(batch_size, 256))
+        result = evaluate(model, x, y, batch_size=128)
         return TrainResult(result.loss, result.accuracy, len(x))
     loader = BatchLoader(
         x, y, batch_size, shuffle=True, seed=seed, augment=augment, padding=padding, flip=flip
@@ -160,7 +160,7 @@ def train_supervised(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Logits of ``model`` (eval mode, no grad) for every row of ``x``."""
     was_training = model.training
     model.eval()
@@ -173,7 +173,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128
 ) -> EvalResult:
     """Cross-entropy loss and accuracy of ``model`` on ``(x, y)`` in eval mode."""
     if len(x) == 0:

@@ -35,6 +35,7 @@ class LocalTrainConfig:
     epochs: int
     batch_size: int
     lr: float
+    lr_schedule: str
     momentum: float
     weight_decay: float
     proximal_mu: float
@@ -54,6 +55,7 @@ class LocalTrainConfig:
             epochs=config_value(config, "local-epochs", cfg.local_epochs, int),
             batch_size=config_value(config, "batch-size", cfg.batch_size, int),
             lr=config_value(config, "lr", cfg.lr, float),
+            lr_schedule=config_value(config, "lr-schedule", cfg.lr_schedule, str),
             momentum=config_value(config, "momentum", cfg.momentum, float),
             weight_decay=config_value(config, "weight-decay", cfg.weight_decay, float),
             proximal_mu=config_value(config, "proximal-mu", 0.0, float),
@@ -64,6 +66,8 @@ class LocalTrainConfig:
         )
         if local.ensemble_size < 1:
             raise ValueError(f"ensemble-size must be >= 1, got {local.ensemble_size}")
+        if local.lr_schedule not in {"constant", "cosine"}:
+            raise ValueError(f"lr-schedule must be 'constant' or 'cosine', got {local.lr_schedule!r}")
         if local.init not in {"received", "scratch"}:
             raise ValueError(f"init must be 'received' or 'scratch', got {local.init!r}")
         if local.epochs < 0 or local.batch_size < 1 or local.lr <= 0:
@@ -127,6 +131,7 @@ def train_local(
             augment=cfg.augment,
             padding=data.padding,
             flip=flip,
+            lr_schedule=local.lr_schedule,
             proximal_mu=local.proximal_mu,
             global_params=global_params,
         )

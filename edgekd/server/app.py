@@ -125,6 +125,7 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> 
             "local-epochs": cfg.local_epochs,
             "batch-size": cfg.batch_size,
             "lr": cfg.lr,
+            "lr-schedule": cfg.lr_schedule,
             "momentum": cfg.momentum,
             "weight-decay": cfg.weight_decay,
         }

@@ -1,0 +1,153 @@
+"""Regenerate results/cloned_distillation/: all eight variants and FedAvg, several seeds.
+
+Every run is one profile of simulations/cloned-distillation/ executed by ``python -m
+edgekd.local`` (the ServerApp logic, the ClientApp and real Flower messages, in one process,
+1 torch thread), ``--workers`` runs side by side. Finished runs are kept and skipped when the
+script is started again. Then summary.json, README.md (table) and accuracy.png are written.
+
+    python scripts/reproduce_cloned_distillation.py                 # 3 seeds, 2 workers
+    python scripts/reproduce_cloned_distillation.py --seeds 0 --variants CEM CPP --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "simulations" / "cloned-distillation"
+VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
+PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
+    "IsPP": 39.99, "IPP": 44.97, "IEP": 47.04, "IPM": 49.05,
+    "CPP": 53.37, "CEP": 54.26, "CPM": 55.11, "CEM": 56.67,
+}
+
+
+def run_one(name: str, seed: int, out: Path, extra: list[str]) -> Path:
+    """Run profile ``name`` with ``seed`` into ``out/runs/<name>-seed<seed>`` unless done."""
+    run_dir = out / "runs" / f"{name}-seed{seed}"
+    if (run_dir / "summary.json").exists():
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "edgekd.local", str(ROOT),
+        "--run-config", str(PROFILES / f"{name}.toml"),
+        "--run-config", f"seed={seed}",
+        *[arg for pair in extra for arg in ("--run-config", pair)],
+        "--out-dir", str(run_dir), "--threads", "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.monotonic()
+    with (run_dir / "log.txt").open("w") as log:
+        code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"{name} seed {seed} failed (exit {code}); see {run_dir / 'log.txt'}")
+    print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: done in "
+          f"{time.monotonic() - started:.0f}s", flush=True)
+    return run_dir
+
+
+def load_curve(run_dir: Path) -> list[float]:
+    """test-acc per round (round 0 first)."""
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    return [float(r["test-acc"]) for r in rows if r.get("test-acc") is not None]
+
+
+def aggregate(name: str, seeds: list[int], out: Path) -> dict[str, Any]:
+    """Final-accuracy statistics of one variant over ``seeds``."""
+    curves = [load_curve(out / "runs" / f"{name}-seed{s}") for s in seeds]
+    finals = [c[-1] for c in curves]
+    return {
+        "final_acc_mean": statistics.fmean(finals),
+        "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "seeds": seeds,
+        "per_seed": finals,
+        "curve_mean": [statistics.fmean(v) for v in zip(*curves, strict=True)],
+    }
+
+
+def write_report(summary: dict[str, Any], out: Path, command: str) -> None:
+    """README.md table and accuracy.png with one mean curve per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, stats in {**summary["variants"], "FedAvg": summary["fedavg"]}.items():
+        curve = stats["curve_mean"]
+        style = "-" if name.startswith("C") else ("--" if name != "FedAvg" else ":")
+        ax.plot(range(len(curve)), curve, style, marker=".", label=name)
+    ax.set_xlabel("round (edge met); 0 = after Phase 0")
+    ax.set_ylabel("core test accuracy")
+    ax.set_title("Cloned distillation at CPU scale (CIFAR-10 head, resnet8)")
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    seeds = summary["fedavg"]["seeds"]
+    lines = [
+        "| variant | final acc (mean ± std) | per seed | paper Fig. 5 (CIFAR-100) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, stats in summary["variants"].items():
+        per = ", ".join(f"{v:.3f}" for v in stats["per_seed"])
+        lines.append(f"| {name} | {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
+                     f"| {per} | {PAPER[name]:.2f} % |")
+    fed = summary["fedavg"]
+    per = ", ".join(f"{v:.3f}" for v in fed["per_seed"])
+    lines.append(f"| FedAvg | {fed['final_acc_mean']:.4f} ± {fed['final_acc_std']:.4f} "
+                 f"| {per} | — |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"seeds {seeds}; command: {command}")
+
+
+def main() -> int:
+    """Run everything that is missing, then aggregate."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "cloned_distillation")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="extra 'key=value' run-config overrides for every run")
+    args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(name, seed) for seed in args.seeds for name in [*args.variants, "fedavg"]]
+    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+    with ThreadPoolExecutor(args.workers) as pool:
+        for future in [pool.submit(run_one, n, s, out, args.extra) for n, s in jobs]:
+            future.result()
+    summary = {
+        "variants": {name: aggregate(name, args.seeds, out) for name in args.variants},
+        "fedavg": aggregate("fedavg", args.seeds, out),
+        "setup": {
+            "data": "../shared/data/cifar10_head.npz (5,170 train / 1,017 test CIFAR-10)",
+            "profiles": "simulations/cloned-distillation/*.toml",
+            "extra_overrides": args.extra,
+            "accuracy": "core test accuracy after the last round, as a fraction",
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    command = "python scripts/reproduce_cloned_distillation.py " + " ".join(sys.argv[1:])
+    write_report(summary, out, command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
