@@ -116,7 +116,9 @@ class ExperimentConfig:
                 key = message.split(" ", 1)[0]
                 raise ValueError(f"{message}, got {getattr(self, key.replace('-', '_'))!r}")
         if self.lr_schedule not in {"constant", "cosine"}:
-            raise ValueError(f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+            raise ValueError(
+                f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
         if self.dataset == "npz" and not self.npz_path:
             raise ValueError("dataset 'npz' needs npz-path, got an empty npz-path")
 

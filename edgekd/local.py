@@ -32,9 +32,7 @@ from edgekd.training import set_torch_threads
 __all__ = ["main", "run_local"]
 
 
-def run_local(
-    run_config: dict[str, Any], out_dir: Path | None = None, *, threads: int = 1
-) -> Path:
+def run_local(run_config: dict[str, Any], out_dir: Path | None = None, *, threads: int = 1) -> Path:
     """Run ``run_config`` (already merged) with ``num-partitions`` in-process nodes.
 
     Returns the output directory. Python's ``random`` is seeded from ``seed`` because Flower's
@@ -56,11 +54,19 @@ def run_local(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m edgekd.local --help``."""
-    parser = argparse.ArgumentParser(prog="python -m edgekd.local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m edgekd.local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("app", nargs="?", default=".", help="the Flower app directory")
-    parser.add_argument("--run-config", "-c", action="append", default=[],
-                        help="a TOML file or 'key=value ...' overrides (repeatable)")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=[],
+        help="a TOML file or 'key=value ...' overrides (repeatable)",
+    )
     parser.add_argument("--out-dir", default=None, help="exact output directory")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)

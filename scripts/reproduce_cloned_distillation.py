@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
 PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
-    "IsPP": 39.99, "IPP": 44.97, "IEP": 47.04, "IPM": 49.05,
-    "CPP": 53.37, "CEP": 54.26, "CPM": 55.11, "CEM": 56.67,
+    "IsPP": 39.99,
+    "IPP": 44.97,
+    "IEP": 47.04,
+    "IPM": 49.05,
+    "CPP": 53.37,
+    "CEP": 54.26,
+    "CPM": 55.11,
+    "CEM": 56.67,
 }
 
 
@@ -38,21 +44,33 @@ def run_one(name: str, seed: int, out: Path, extra: list[str]) -> Path:
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "edgekd.local", str(ROOT),
-        "--run-config", str(PROFILES / f"{name}.toml"),
-        "--run-config", f"seed={seed}",
+        sys.executable,
+        "-m",
+        "edgekd.local",
+        str(ROOT),
+        "--run-config",
+        str(PROFILES / f"{name}.toml"),
+        "--run-config",
+        f"seed={seed}",
         *[arg for pair in extra for arg in ("--run-config", pair)],
-        "--out-dir", str(run_dir), "--threads", "1",
+        "--out-dir",
+        str(run_dir),
+        "--threads",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     started = time.monotonic()
     with (run_dir / "log.txt").open("w") as log:
-        code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              check=False).returncode
+        code = subprocess.run(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        ).returncode
     if code != 0:
         raise RuntimeError(f"{name} seed {seed} failed (exit {code}); see {run_dir / 'log.txt'}")
-    print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: done in "
-          f"{time.monotonic() - started:.0f}s", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: done in "
+        f"{time.monotonic() - started:.0f}s",
+        flush=True,
+    )
     return run_dir
 
 
@@ -103,12 +121,15 @@ def write_report(summary: dict[str, Any], out: Path, command: str) -> None:
     ]
     for name, stats in summary["variants"].items():
         per = ", ".join(f"{v:.3f}" for v in stats["per_seed"])
-        lines.append(f"| {name} | {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
-                     f"| {per} | {PAPER[name]:.2f} % |")
+        lines.append(
+            f"| {name} | {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
+            f"| {per} | {PAPER[name]:.2f} % |"
+        )
     fed = summary["fedavg"]
     per = ", ".join(f"{v:.3f}" for v in fed["per_seed"])
-    lines.append(f"| FedAvg | {fed['final_acc_mean']:.4f} ± {fed['final_acc_std']:.4f} "
-                 f"| {per} | — |")
+    lines.append(
+        f"| FedAvg | {fed['final_acc_mean']:.4f} ± {fed['final_acc_std']:.4f} | {per} | — |"
+    )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table)
@@ -117,14 +138,19 @@ def write_report(summary: dict[str, Any], out: Path, command: str) -> None:
 
 def main() -> int:
     """Run everything that is missing, then aggregate."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cloned_distillation")
-    parser.add_argument("--extra", nargs="*", default=[],
-                        help="extra 'key=value' run-config overrides for every run")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="extra 'key=value' run-config overrides for every run",
+    )
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,9 @@ class LocalTrainConfig:
         if local.ensemble_size < 1:
             raise ValueError(f"ensemble-size must be >= 1, got {local.ensemble_size}")
         if local.lr_schedule not in {"constant", "cosine"}:
-            raise ValueError(f"lr-schedule must be 'constant' or 'cosine', got {local.lr_schedule!r}")
+            raise ValueError(
+                f"lr-schedule must be 'constant' or 'cosine', got {local.lr_schedule!r}"
+            )
         if local.init not in {"received", "scratch"}:
             raise ValueError(f"init must be 'received' or 'scratch', got {local.init!r}")
         if local.epochs < 0 or local.batch_size < 1 or local.lr <= 0:
