@@ -7,8 +7,9 @@ Train request (``MessageType.TRAIN``), as sent by FedAvg/FedProx and edgekd stra
 
 - ``content["arrays"]``: :class:`flwr.app.ArrayRecord`, the model's ``state_dict``.
 - ``content["config"]``: :class:`flwr.app.ConfigRecord`; every key is optional and falls back
-  to the run config: ``server-round``, ``local-epochs``, ``batch-size``, ``lr``, ``lr-schedule``, ``momentum``,
-  ``weight-decay``, ``proximal-mu`` (FedProx), ``seed``, plus the keys of
+  to the run config: ``server-round``, ``local-epochs``, ``batch-size``, ``lr``,
+  ``lr-schedule``, ``momentum``, ``weight-decay``, ``proximal-mu`` (FedProx), ``seed``, plus the
+  keys of
   :data:`ENSEMBLE_KEYS` for ensemble-training strategies.
 
 Train reply:
