@@ -44,6 +44,7 @@ __all__ = ["ClonedDistillation", "ClonedDistillationConfig", "EdgeTeacher", "par
 
 EDGE_INITS = ("clone", "independent", "scratch")
 EDGE_ORDERS = ("round-robin", "permutation")
+DETECT_POLICIES = ("off", "flag", "downweight", "reject")
 ENSEMBLE_MODES = ("members", "average")
 
 
@@ -101,6 +102,16 @@ class ClonedDistillationConfig:
         Order edges are met in; every edge once per pass, a new seeded permutation each pass.
     independent_seed_offset : int
         The independent (I) model is initialised with ``seed + offset``.
+    round_timeout : float
+        Seconds to wait for an edge's reply before the round goes on without it.
+    detect_policy : {"off", "flag", "downweight", "reject"}
+        Corrupted-edge detection. A returned edge is *suspect* when its models' accuracy on the
+        server's core data is below ``detect_threshold`` times the reference (the median of
+        previously accepted edges' scores; before any, the core model's own score). "flag"
+        records it and distils anyway, "downweight" multiplies its teachers' weights by
+        ``detect_downweight``, "reject" leaves it out (the core is not touched).
+    detect_threshold, detect_downweight : float
+        See ``detect_policy``.
     """
 
     variant: str = ""
@@ -117,6 +128,9 @@ class ClonedDistillationConfig:
     edge_order: str = "round-robin"
     independent_seed_offset: int = 1000
     round_timeout: float = 3600.0
+    detect_policy: str = "off"
+    detect_threshold: float = 0.8
+    detect_downweight: float = 0.1
 
     def __post_init__(self) -> None:
         """Validate every value, naming the bad one."""
@@ -127,6 +141,14 @@ class ClonedDistillationConfig:
         if self.ensemble_mode not in ENSEMBLE_MODES:
             raise ValueError(
                 f"cd-ensemble-mode must be one of {ENSEMBLE_MODES}, got {self.ensemble_mode!r}"
+            )
+        if self.detect_policy not in DETECT_POLICIES:
+            raise ValueError(
+                f"cd-detect-policy must be one of {DETECT_POLICIES}, got {self.detect_policy!r}"
+            )
+        if not 0.0 <= self.detect_downweight <= 1.0:
+            raise ValueError(
+                f"cd-detect-downweight must be in [0, 1], got {self.detect_downweight}"
             )
         for key, value, low in [
             ("cd-ensemble-size", self.ensemble_size, 1),
@@ -142,6 +164,7 @@ class ClonedDistillationConfig:
             ("cd-distill-lr", self.distill_lr),
             ("cd-temperature", self.temperature),
             ("cd-round-timeout", self.round_timeout),
+            ("cd-detect-threshold", self.detect_threshold),
         ]:
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, got {value}")
@@ -175,6 +198,8 @@ class EdgeTeacher:
     partition_id: int
     pool_logits: torch.Tensor  # (teachers_per_edge, V*n, C)
     test_accuracies: list[float]
+    weight: float = 1.0
+    staleness: int = 0
 
 
 class ClonedDistillation(Strategy):
@@ -219,6 +244,7 @@ class ClonedDistillation(Strategy):
         self.model: EdgeKDModel = build_experiment_model(config, seed=config.seed)
         self.independent: EdgeKDModel | None = None
         self.memory: deque[EdgeTeacher] = deque(maxlen=cd_config.memory_size)
+        self.accepted_scores: list[float] = []
         self.node_of_partition: dict[int, int] = {}
         self.pool: DistillPool | None = None
         self._flip = self.test.x.shape[-1] >= 16
@@ -467,25 +493,74 @@ class ClonedDistillation(Strategy):
         )
         metrics.update(self._distill_round(server_round, edge or 0, teachers))
         self._log(server_round, metrics)
+        if metrics["edge-status"] != "ok":
+            return None, None
         return self._state(self.model), MetricRecord(
             {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         )
 
+    def detect(self, teachers: list[EdgeKDModel]) -> tuple[float, float, bool]:
+        """Score a returned edge on the core data: (score, reference, suspect).
+
+        The score is the accuracy of the edge's mean prediction on the server's core data.
+        """
+        logits = torch.stack([predict_logits(t, self.core.x) for t in teachers]).mean(0)
+        score = float((logits.argmax(1) == self.core.y).float().mean())
+        if self.accepted_scores:
+            reference = float(np.median(self.accepted_scores))
+        else:
+            reference = evaluate(self.model, self.core.x, self.core.y).accuracy
+        return score, reference, score < self.cd.detect_threshold * reference
+
     def _distill_round(
-        self, server_round: int, edge: int, teachers: list[EdgeKDModel]
+        self,
+        server_round: int,
+        edge: int,
+        teachers: list[EdgeKDModel],
+        *,
+        staleness: int = 0,
+        weight: float = 1.0,
     ) -> dict[str, Any]:
+        """Detect, store the edge's teacher logits in memory and distil; return metrics."""
         assert self.pool is not None, "phase0() must run before the first round"
+        metrics: dict[str, Any] = {"staleness": staleness, "teacher-weight": weight}
+        if self.cd.detect_policy != "off":
+            score, reference, suspect = self.detect(teachers)
+            metrics.update(
+                {"detect-score": score, "detect-reference": reference, "suspect": int(suspect)}
+            )
+            if suspect:
+                log(
+                    WARNING,
+                    "cloned-distillation: round %s edge %s is suspect: core-data acc "
+                    "%.4f < %.2f x reference %.4f (policy %s)",
+                    server_round,
+                    edge,
+                    score,
+                    self.cd.detect_threshold,
+                    reference,
+                    self.cd.detect_policy,
+                )
+                if self.cd.detect_policy == "reject":
+                    metrics["edge-status"] = "rejected: suspect"
+                    return metrics
+                if self.cd.detect_policy == "downweight":
+                    weight *= self.cd.detect_downweight
+                    metrics["teacher-weight"] = weight
+            else:
+                self.accepted_scores.append(score)
         test_logits = torch.stack([predict_logits(t, self.test.x) for t in teachers])
         teacher_accs = [float((lg.argmax(1) == self.test.y).float().mean()) for lg in test_logits]
         ensemble_pred = test_logits.mean(0).argmax(1)
         logits = pool_logits(teachers, self.pool)
         if self.cd.ensemble_mode == "average":
             logits = logits.mean(0, keepdim=True)
-        self.memory.append(EdgeTeacher(server_round, edge, logits, teacher_accs))
+        self.memory.append(EdgeTeacher(server_round, edge, logits, teacher_accs, weight, staleness))
         student_before = predict_logits(self.model, self.test.x).argmax(1)
         acc_before = float((student_before == self.test.y).float().mean())
         before = prediction_consensus(ensemble_pred, student_before, self.test.y)
         stacked = torch.cat([entry.pool_logits for entry in self.memory])
+        weights = torch.cat([torch.full((len(e.pool_logits),), e.weight) for e in self.memory])
         started = time.monotonic()
         result = distill(
             self.model,
@@ -497,6 +572,7 @@ class ClonedDistillation(Strategy):
             temperature=self.cd.temperature,
             momentum=self.config.momentum,
             weight_decay=self.config.weight_decay,
+            teacher_weights=weights,
             seed=self.config.seed * 1_009 + server_round,
         )
         distill_seconds = time.monotonic() - started
@@ -516,18 +592,20 @@ class ClonedDistillation(Strategy):
             len(self.memory),
             distill_seconds,
         )
-        metrics: dict[str, Any] = {
-            "core-acc-before": acc_before,
-            "core-acc-after": acc_after,
-            "core-train-acc": result.accuracy,
-            "distill-loss": result.loss,
-            "distill-seconds": distill_seconds,
-            "num-teachers": int(stacked.shape[0]),
-            "memory-edges": len(self.memory),
-            "teacher-acc-mean": sum(teacher_accs) / len(teacher_accs),
-            "teacher-ensemble-acc": float((ensemble_pred == self.test.y).float().mean()),
-            "teacher-accs": teacher_accs,
-        }
+        metrics.update(
+            {
+                "core-acc-before": acc_before,
+                "core-acc-after": acc_after,
+                "core-train-acc": result.accuracy,
+                "distill-loss": result.loss,
+                "distill-seconds": distill_seconds,
+                "num-teachers": int(stacked.shape[0]),
+                "memory-edges": len(self.memory),
+                "teacher-acc-mean": sum(teacher_accs) / len(teacher_accs),
+                "teacher-ensemble-acc": float((ensemble_pred == self.test.y).float().mean()),
+                "teacher-accs": teacher_accs,
+            }
+        )
         metrics.update({f"before/{k}": v for k, v in before.items()})
         metrics.update({f"after/{k}": v for k, v in after.items()})
         metrics.update(consensus_change(before, after))
