@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["ExperimentConfig", "config_value"]
+import numpy as np
+
+__all__ = ["ExperimentConfig", "SimulatedEdges", "config_value"]
 
 _MISSING = object()
 
@@ -135,3 +137,69 @@ class ExperimentConfig:
     def replace(self, **changes: Any) -> ExperimentConfig:
         """Return a copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SimulatedEdges:
+    """Experiment-only edge behaviour, declared by a profile and applied by the ClientApp.
+
+    Keys: ``sim-lag-edges`` (``"pid:seconds"`` or ``"pid:low-high"`` for a seeded uniform
+    delay, comma-separated: the ClientApp of that partition really sleeps before replying),
+    ``sim-noisy-edges`` (comma-separated partition ids that train on corrupted data),
+    ``sim-noise-p`` (per-batch corruption probability) and ``sim-noise-mode``
+    (``"shuffle"``: input-label pairs of a batch are shuffled, the paper's protocol; ``"flip"``:
+    labels replaced by another class).
+    """
+
+    lag: tuple[tuple[int, float, float], ...] = ()
+    noisy: tuple[int, ...] = ()
+    noise_p: float = 0.5
+    noise_mode: str = "shuffle"
+
+    def __post_init__(self) -> None:
+        """Validate the values, naming the bad one."""
+        if self.noise_mode not in {"shuffle", "flip"}:
+            raise ValueError(f"sim-noise-mode must be 'shuffle' or 'flip', got {self.noise_mode!r}")
+        if not 0.0 <= self.noise_p <= 1.0:
+            raise ValueError(f"sim-noise-p must be in [0, 1], got {self.noise_p}")
+        for pid, low, high in self.lag:
+            if low < 0 or high < low:
+                raise ValueError(f"sim-lag-edges: bad delay {low}-{high} for partition {pid}")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> SimulatedEdges:
+        """Parse the ``sim-*`` keys (absent keys: no lag, no noise)."""
+        lag_text = config_value(run_config, "sim-lag-edges", "", str)
+        lag = []
+        for item in filter(None, (part.strip() for part in lag_text.split(","))):
+            try:
+                pid_text, _, delay = item.partition(":")
+                low_text, _, high_text = delay.partition("-")
+                low = float(low_text)
+                lag.append((int(pid_text), low, float(high_text) if high_text else low))
+            except ValueError as err:
+                raise ValueError(
+                    f"sim-lag-edges entry {item!r} is not 'pid:seconds' or 'pid:low-high'"
+                ) from err
+        noisy_text = config_value(run_config, "sim-noisy-edges", "", str)
+        try:
+            noisy = tuple(int(p) for p in noisy_text.split(",") if p.strip())
+        except ValueError as err:
+            raise ValueError(
+                f"sim-noisy-edges must list partition ids, got {noisy_text!r}"
+            ) from err
+        return cls(
+            lag=tuple(lag),
+            noisy=noisy,
+            noise_p=config_value(run_config, "sim-noise-p", 0.5, float),
+            noise_mode=config_value(run_config, "sim-noise-mode", "shuffle", str),
+        )
+
+    def delay(self, partition_id: int, seed: int) -> float:
+        """Seconds the ClientApp of ``partition_id`` waits before replying."""
+        for pid, low, high in self.lag:
+            if pid == partition_id:
+                if high == low:
+                    return low
+                return float(np.random.default_rng([seed, pid]).uniform(low, high))
+        return 0.0

@@ -32,9 +32,17 @@ from edgekd.training import set_torch_threads
 __all__ = ["main", "run_local"]
 
 
-def run_local(run_config: dict[str, Any], out_dir: Path | None = None, *, threads: int = 1) -> Path:
+def run_local(
+    run_config: dict[str, Any],
+    out_dir: Path | None = None,
+    *,
+    threads: int = 1,
+    workers: int = 0,
+) -> Path:
     """Run ``run_config`` (already merged) with ``num-partitions`` in-process nodes.
 
+    ``workers > 0`` runs ClientApp calls in that many background threads (needed for
+    asynchronous strategies whose edges really sleep); 0 runs them one at a time, in order.
     Returns the output directory. Python's ``random`` is seeded from ``seed`` because Flower's
     FedAvg samples clients with it.
     """
@@ -47,8 +55,13 @@ def run_local(run_config: dict[str, Any], out_dir: Path | None = None, *, thread
     random.seed(cfg.seed)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     target = out_dir or make_output_dir(cfg, "local")
-    grid = InProcessGrid(client_app, run_config, num_nodes=cfg.num_partitions, seed=cfg.seed)
-    run_experiment(grid, run_config, target)
+    grid = InProcessGrid(
+        client_app, run_config, num_nodes=cfg.num_partitions, seed=cfg.seed, workers=workers
+    )
+    try:
+        run_experiment(grid, run_config, target)
+    finally:
+        grid.shutdown()
     return target
 
 
@@ -69,9 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out-dir", default=None, help="exact output directory")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="background threads running ClientApp calls (0: sequential)",
+    )
     args = parser.parse_args(argv)
     config = effective_run_config(Path(args.app).resolve(), args.run_config)
-    out = run_local(config, Path(args.out_dir) if args.out_dir else None, threads=args.threads)
+    out = run_local(
+        config,
+        Path(args.out_dir) if args.out_dir else None,
+        threads=args.threads,
+        workers=args.workers,
+    )
     print(out)
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from uuid import uuid4
 
@@ -52,6 +53,11 @@ class InProcessGrid(Grid):
     delay_pulls : Callable[[Message], int], optional
         Number of ``pull_messages`` calls for which a message's reply stays unavailable
         (simulates a late edge without sleeping).
+    workers : int
+        0 (default): a message runs when its reply is first pulled, in the caller's thread.
+        ``> 0``: messages run in that many background threads from the moment they are pushed,
+        like virtual clients on a SuperLink, so a ClientApp that sleeps (a late edge) does not
+        block the server.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class InProcessGrid(Grid):
         node_configs: list[dict[str, Any]] | None = None,
         seed: int = 0,
         delay_pulls: Callable[[Message], int] | None = None,
+        workers: int = 0,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
@@ -88,6 +95,8 @@ class InProcessGrid(Grid):
         self._pending: dict[str, tuple[Message, int]] = {}
         self._delay = delay_pulls
         self.delivered: list[Message] = []
+        self._executor = ThreadPoolExecutor(workers) if workers > 0 else None
+        self._futures: dict[str, Future[Message]] = {}
 
     def set_run(self, run: Run) -> None:
         """Nothing to do: the run is local."""
@@ -138,9 +147,12 @@ class InProcessGrid(Grid):
                 raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
             message_id = str(uuid4())
             message.metadata.__dict__["_message_id"] = message_id
+            ids.append(message_id)
+            if self._executor is not None:
+                self._futures[message_id] = self._executor.submit(self._execute, message)
+                continue
             delay = self._delay(message) if self._delay else 0
             self._pending[message_id] = (message, delay)
-            ids.append(message_id)
         return ids
 
     def _execute(self, message: Message) -> Message:
@@ -158,6 +170,11 @@ class InProcessGrid(Grid):
         """Replies for ``message_ids`` that are available now; each is returned only once."""
         replies = []
         for message_id in message_ids:
+            future = self._futures.get(message_id)
+            if future is not None:
+                if future.done():
+                    replies.append(self._futures.pop(message_id).result())
+                continue
             if message_id not in self._pending:
                 continue
             message, delay = self._pending[message_id]
@@ -183,4 +200,11 @@ class InProcessGrid(Grid):
             replies.extend(got)
             if deadline is not None and time.monotonic() > deadline:
                 break
+            if waiting and self._executor is not None:
+                time.sleep(0.01)
         return replies
+
+    def shutdown(self) -> None:
+        """Stop the worker threads (waits for running ClientApp calls)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

@@ -100,6 +100,8 @@ def train_supervised(
     lr_schedule: str = "constant",
     proximal_mu: float = 0.0,
     global_params: Sequence[torch.Tensor] | None = None,
+    label_noise: str = "none",
+    label_noise_p: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy (plus an optional FedProx term).
 
@@ -121,6 +123,12 @@ def train_supervised(
         FedProx proximal weight; needs ``global_params`` when positive.
     global_params : Sequence[torch.Tensor], optional
         Parameters of the received global model for the proximal term.
+    label_noise : {"none", "shuffle", "flip"}
+        Corrupt the training data of a noisy edge: with probability ``label_noise_p`` per
+        batch, "shuffle" permutes the batch's input-label pairs (the cloned-distillation
+        paper's protocol), "flip" replaces every label by a random other class.
+    label_noise_p : float
+        Per-batch corruption probability.
     """
     if lr_schedule not in {"constant", "cosine"}:
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
@@ -128,6 +136,11 @@ def train_supervised(
         raise ValueError("cannot train on an empty dataset (0 examples)")
     if proximal_mu > 0 and global_params is None:
         raise ValueError(f"proximal_mu={proximal_mu} needs global_params")
+    if label_noise not in {"none", "shuffle", "flip"}:
+        raise ValueError(f"label_noise must be 'none', 'shuffle' or 'flip', got {label_noise!r}")
+    if not 0.0 <= label_noise_p <= 1.0:
+        raise ValueError(f"label_noise_p must be in [0, 1], got {label_noise_p}")
+    noise = torch.Generator().manual_seed(seed + 1_000_003)
     if epochs == 0:
         result = evaluate(model, x, y, batch_size=128)
         return TrainResult(result.loss, result.accuracy, len(x))
@@ -146,6 +159,8 @@ def train_supervised(
                 for group in optimizer.param_groups:
                     group["lr"] = _cosine_lr(lr, step, total_steps)
             logits = model(xb)
+            if label_noise != "none" and float(torch.rand(1, generator=noise)) < label_noise_p:
+                yb = _corrupt(yb, label_noise, logits.shape[1], noise)
             loss = F.cross_entropy(logits, yb)
             if proximal_mu > 0 and global_params is not None:
                 loss = loss + prox_term(model, global_params, proximal_mu)
@@ -157,6 +172,15 @@ def train_supervised(
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(yb)
     return TrainResult(loss_sum / max(seen, 1), correct / max(seen, 1), len(x))
+
+
+def _corrupt(
+    labels: torch.Tensor, mode: str, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    if mode == "shuffle":
+        return labels[torch.randperm(len(labels), generator=generator)]
+    offsets = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels + offsets) % num_classes
 
 
 @torch.no_grad()

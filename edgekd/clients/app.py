@@ -8,6 +8,7 @@ simulation engine and on a real ``flower-supernode``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from logging import INFO
@@ -17,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from edgekd.config import ExperimentConfig, config_value
+from edgekd.config import ExperimentConfig, SimulatedEdges, config_value
 from edgekd.experiment import TensorData, build_experiment_model, client_data, load_bundle
 from edgekd.protocol import ARRAYS, CONFIG, METRICS, WHOAMI, member_key
 from edgekd.training import evaluate as evaluate_model
@@ -100,11 +101,18 @@ def node_partition(context: Context, cfg: ExperimentConfig) -> int:
 
 
 def train_local(
-    arrays: ArrayRecord, data: TensorData, local: LocalTrainConfig, cfg: ExperimentConfig
+    arrays: ArrayRecord,
+    data: TensorData,
+    local: LocalTrainConfig,
+    cfg: ExperimentConfig,
+    *,
+    label_noise: str = "none",
+    label_noise_p: float = 0.0,
 ) -> tuple[list[ArrayRecord], MetricRecord]:
     """Train ``local.ensemble_size`` models (one per batch order) from ``arrays``.
 
     Returns the trained models' arrays and the mean train loss/accuracy over the members.
+    ``label_noise``/``label_noise_p`` corrupt the training batches (simulated noisy edge).
     """
     state = arrays.to_torch_state_dict()
     bundle = load_bundle(cfg)
@@ -136,6 +144,8 @@ def train_local(
             lr_schedule=local.lr_schedule,
             proximal_mu=local.proximal_mu,
             global_params=global_params,
+            label_noise=label_noise,
+            label_noise_p=label_noise_p,
         )
         members.append(ArrayRecord(model.state_dict()))
         losses.append(result.loss)
@@ -160,8 +170,23 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
     local = LocalTrainConfig.from_message(config, cfg, partition_id)
     data = client_data(cfg, partition_id)
-    members, metrics = train_local(msg.content.array_records[ARRAYS], data, local, cfg)
+    simulated = SimulatedEdges.from_run_config(context.run_config)
+    noisy = partition_id in simulated.noisy
+    members, metrics = train_local(
+        msg.content.array_records[ARRAYS],
+        data,
+        local,
+        cfg,
+        label_noise=simulated.noise_mode if noisy else "none",
+        label_noise_p=simulated.noise_p if noisy else 0.0,
+    )
     metrics["partition-id"] = partition_id
+    metrics["simulated-noisy"] = int(noisy)
+    delay = simulated.delay(partition_id, local.seed)
+    if delay > 0:
+        log(INFO, "partition %s: simulated lag, replying in %.1fs", partition_id, delay)
+        time.sleep(delay)
+    metrics["simulated-delay-s"] = delay
     log(
         INFO,
         "partition %s: trained %s model(s) on %s examples, loss %.4f, acc %.4f",

@@ -1,6 +1,6 @@
 """edgekd strategies: Flower ``Strategy`` subclasses selectable by name."""
 
-from edgekd.strategies import cloned_distillation, flower_baselines
+from edgekd.strategies import async_cloned_distillation, cloned_distillation, flower_baselines
 from edgekd.strategies.registry import (
     StrategyContext,
     StrategyFactory,
@@ -14,6 +14,7 @@ from edgekd.strategies.registry import (
 __all__ = [
     "StrategyContext",
     "StrategyFactory",
+    "async_cloned_distillation",
     "build_strategy",
     "cloned_distillation",
     "flower_baselines",
