@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from repro_common import ROOT, final_stats, load_curve, run_profile
+
 PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
 PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
@@ -39,58 +37,15 @@ PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
 
 def run_one(name: str, seed: int, out: Path, extra: list[str]) -> Path:
     """Run profile ``name`` with ``seed`` into ``out/runs/<name>-seed<seed>`` unless done."""
-    run_dir = out / "runs" / f"{name}-seed{seed}"
-    if (run_dir / "summary.json").exists():
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "edgekd.local",
-        str(ROOT),
-        "--run-config",
-        str(PROFILES / f"{name}.toml"),
-        "--run-config",
-        f"seed={seed}",
-        *[arg for pair in extra for arg in ("--run-config", pair)],
-        "--out-dir",
-        str(run_dir),
-        "--threads",
-        "1",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    started = time.monotonic()
-    with (run_dir / "log.txt").open("w") as log:
-        code = subprocess.run(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
-        ).returncode
-    if code != 0:
-        raise RuntimeError(f"{name} seed {seed} failed (exit {code}); see {run_dir / 'log.txt'}")
-    print(
-        f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: done in "
-        f"{time.monotonic() - started:.0f}s",
-        flush=True,
-    )
-    return run_dir
-
-
-def load_curve(run_dir: Path) -> list[float]:
-    """test-acc per round (round 0 first)."""
-    rows = json.loads((run_dir / "metrics.json").read_text())
-    return [float(r["test-acc"]) for r in rows if r.get("test-acc") is not None]
+    return run_profile(PROFILES / f"{name}.toml", seed, out / "runs" / f"{name}-seed{seed}", extra)
 
 
 def aggregate(name: str, seeds: list[int], out: Path) -> dict[str, Any]:
     """Final-accuracy statistics of one variant over ``seeds``."""
     curves = [load_curve(out / "runs" / f"{name}-seed{s}") for s in seeds]
-    finals = [c[-1] for c in curves]
-    return {
-        "final_acc_mean": statistics.fmean(finals),
-        "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-        "seeds": seeds,
-        "per_seed": finals,
-        "curve_mean": [statistics.fmean(v) for v in zip(*curves, strict=True)],
-    }
+    stats = final_stats([c[-1] for c in curves], seeds)
+    stats["curve_mean"] = [statistics.fmean(v) for v in zip(*curves, strict=True)]
+    return stats
 
 
 def write_report(summary: dict[str, Any], out: Path, command: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 from pathlib import Path
 
@@ -42,3 +43,30 @@ def test_fedavg_two_rounds_through_simulation_engine(tiny_npz: Path, tmp_path: P
     assert rows[-1]["train/train-loss"]
     assert (runs[0] / "accuracy.png").exists()
     assert _flower_processes() == before, "the launcher left Flower processes behind"
+
+
+@pytest.mark.integration
+def test_async_late_edge_consumed_rounds_later(tiny_npz: Path, tmp_path: Path) -> None:
+    """Through Ray, an edge whose ClientApp sleeps is distilled rounds after its dispatch."""
+    out_dir = tmp_path / "results"
+    overrides = (
+        f"strategy='async-cloned-distillation' dataset='npz' npz-path='{tiny_npz}' "
+        "core-fraction=0.25 num-partitions=3 num-server-rounds=3 cd-variant='CPP' "
+        "cd-core-epochs=1 cd-distill-epochs=1 local-epochs=1 batch-size=16 "
+        "sim-lag-edges='0:25' async-round-wait=4.0 async-final-wait=120.0 "
+        f"output-dir='{out_dir}'"
+    )
+    code = launch(
+        ROOT,
+        [overrides],
+        federation_config="num-supernodes=3 client-resources-num-cpus=1",
+        timeout=540,
+        flwr_home=tmp_path / "flwr-home",
+    )
+    assert code == 0
+    (run_dir,) = list(out_dir.iterdir())
+    teachers = json.loads((run_dir / "teachers.json").read_text())
+    late = [t for t in teachers if t["edge"] == 0]
+    assert len(late) == 1 and late[0]["status"] == "ok"
+    assert late[0]["dispatch-round"] == 1
+    assert late[0]["staleness"] >= 1, late
