@@ -349,35 +349,52 @@ class ClonedDistillation(Strategy):
         )
 
     def _map_nodes(self, grid: Grid) -> None:
-        """Ask every node for its partition id (``query.whoami``)."""
+        """Ask every node for its partition id (``query.whoami``).
+
+        Nodes are asked until every partition is mapped, or every connected node has answered
+        (a node that answers with an error, e.g. because its data is missing, is logged and
+        left out: its edge's rounds are skipped), or ``cd-round-timeout`` passes.
+        """
         expected = self.config.num_partitions
         deadline = time.monotonic() + self.cd.round_timeout
+        failed: set[int] = set()
         while True:
             node_ids = list(grid.get_node_ids())
-            missing = [n for n in node_ids if n not in self.node_of_partition.values()]
+            known = set(self.node_of_partition.values()) | failed
             messages = [
                 grid.create_message(RecordDict(), f"{MessageType.QUERY}.{WHOAMI}", node, "whoami")
-                for node in missing
+                for node in node_ids
+                if node not in known
             ]
             for reply in grid.send_and_receive(messages, timeout=60):
+                node = reply.metadata.src_node_id
                 if reply.has_error():
+                    failed.add(node)
+                    reason = (reply.error.reason or "").strip().splitlines()
                     log(
                         WARNING,
-                        "cloned-distillation: node %s failed whoami: %s",
-                        reply.metadata.src_node_id,
-                        reply.error.reason.splitlines()[0],
+                        "cloned-distillation: node %s failed whoami (code %s): %s",
+                        node,
+                        reply.error.code,
+                        reason[-1] if reason else "",
                     )
                     continue
                 pid = int(reply.content[METRICS]["partition-id"])
-                self.node_of_partition[pid] = reply.metadata.src_node_id
-            if len(self.node_of_partition) >= expected or time.monotonic() > deadline:
+                self.node_of_partition[pid] = node
+            answered = set(self.node_of_partition.values()) | failed
+            if (
+                len(self.node_of_partition) >= expected
+                or (len(node_ids) >= expected and answered >= set(node_ids))
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(1.0)
         log(
             INFO,
-            "cloned-distillation: %s/%s edges mapped to nodes",
+            "cloned-distillation: %s/%s edges mapped to nodes (%s failed)",
             len(self.node_of_partition),
             expected,
+            len(failed),
         )
 
     # ------------------------------------------------------------------ Strategy API
