@@ -98,6 +98,8 @@ class ExperimentConfig:
         """Validate ranges; names are checked against the registries by the server."""
         checks: list[tuple[bool, str]] = [
             (self.num_server_rounds >= 1, "num-server-rounds must be >= 1"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.partition_seed >= 0, "partition-seed must be >= 0"),
             (self.num_partitions >= 1, "num-partitions must be >= 1"),
             (self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0"),
             (self.min_partition_size >= 0, "min-partition-size must be >= 0"),

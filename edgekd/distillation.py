@@ -120,7 +120,7 @@ def distill(
         Mean total loss and the student's training accuracy on the core data over the last
         epoch (the signal that jumps when a corrupted teacher is distilled).
     """
-    if temperature <= 0:
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if lr_schedule not in {"cosine", "constant"}:
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")

@@ -27,6 +27,16 @@ node's own data (the paper's "core accuracy on edge data", Fig. 9).
 
 Query ``"query.whoami"``: no content needed; the reply's ``metrics`` holds ``partition-id``,
 ``num-partitions`` and ``num-examples``, so a server can map partitions to node ids.
+
+FedMD messages (``strategy = "fedmd"``, full format in :mod:`edgekd.strategies.fedmd`): three
+custom actions, ``"query.fedmd_scores"``, ``"train.fedmd"`` and ``"evaluate.fedmd"``. Each
+carries a ``config`` record with every FedMD setting the client needs (the server parses the
+``fedmd-*`` run-config keys once). Public data travels as row indices (``fedmd-public``
+ArrayRecord, ``indices``); clients answer with ``fedmd-scores`` (``logits`` (N, C) and, for
+LKD, ``representations`` (N, r)); the server sends the consensus back as ``fedmd-consensus``
+(``indices``, ``logits``, ``representations``). Client models stay in
+``context.state["fedmd-model"]`` and never travel, except in the ``FedAvg`` baseline
+(``arrays``). Evaluate replies hold ``uniform-acc``, ``private-acc`` and ``partition-id``.
 """
 
 from __future__ import annotations

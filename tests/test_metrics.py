@@ -1,4 +1,4 @@
-"""Tests for the prediction-consensus statistics of edgekd.metrics against hand-computed Venn sets."""
+"""Tests for edgekd.metrics: prediction-consensus statistics against hand-computed Venn sets."""
 
 from __future__ import annotations
 

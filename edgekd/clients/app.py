@@ -235,3 +235,8 @@ def whoami(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+from edgekd.clients.fedmd import register as _register_fedmd  # noqa: E402
+
+_register_fedmd(app)

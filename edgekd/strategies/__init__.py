@@ -1,6 +1,11 @@
 """edgekd strategies: Flower ``Strategy`` subclasses selectable by name."""
 
-from edgekd.strategies import async_cloned_distillation, cloned_distillation, flower_baselines
+from edgekd.strategies import (
+    async_cloned_distillation,
+    cloned_distillation,
+    fedmd,
+    flower_baselines,
+)
 from edgekd.strategies.registry import (
     StrategyContext,
     StrategyFactory,
@@ -17,6 +22,7 @@ __all__ = [
     "async_cloned_distillation",
     "build_strategy",
     "cloned_distillation",
+    "fedmd",
     "flower_baselines",
     "import_plugins",
     "list_strategies",

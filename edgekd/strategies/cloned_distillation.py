@@ -133,7 +133,14 @@ class ClonedDistillationConfig:
     detect_downweight: float = 0.1
 
     def __post_init__(self) -> None:
-        """Validate every value, naming the bad one."""
+        """Apply ``variant`` (it decides init, ensemble and memory) and validate every value."""
+        if self.variant:
+            init, ensemble, memory = parse_variant(self.variant)
+            object.__setattr__(self, "edge_init", init)
+            if not ensemble:
+                object.__setattr__(self, "ensemble_size", 1)
+            if not memory:
+                object.__setattr__(self, "memory_size", 1)
         if self.edge_init not in EDGE_INITS:
             raise ValueError(f"cd-edge-init must be one of {EDGE_INITS}, got {self.edge_init!r}")
         if self.edge_order not in EDGE_ORDERS:
@@ -176,12 +183,6 @@ class ClonedDistillationConfig:
         for name, spec in cls.__dataclass_fields__.items():
             key = "cd-" + name.replace("_", "-")
             values[name] = config_value(run_config, key, spec.default, type(spec.default))
-        variant = values["variant"]
-        if variant:
-            init, ensemble, memory = parse_variant(variant)
-            values["edge_init"] = init
-            values["ensemble_size"] = values["ensemble_size"] if ensemble else 1
-            values["memory_size"] = values["memory_size"] if memory else 1
         return cls(**values)
 
     @property
@@ -441,7 +442,12 @@ class ClonedDistillation(Strategy):
         content = reply.content
         if METRICS not in content.metric_records:
             raise ValueError("reply has no 'metrics' record")
-        size = int(content[METRICS].get("ensemble-size", 1))
+        raw_size = content[METRICS].get("ensemble-size", 1)
+        if not isinstance(raw_size, int | float) or raw_size != self.cd.ensemble_size:
+            raise ValueError(
+                f"reply has ensemble-size {raw_size!r}, expected {self.cd.ensemble_size}"
+            )
+        size = int(raw_size)
         if size != self.cd.ensemble_size:
             raise ValueError(f"reply has ensemble-size {size}, expected {self.cd.ensemble_size}")
         reference = self.model.state_dict()
@@ -541,6 +547,17 @@ class ClonedDistillation(Strategy):
         """Detect, store the edge's teacher logits in memory and distil; return metrics."""
         assert self.pool is not None, "phase0() must run before the first round"
         metrics: dict[str, Any] = {"staleness": staleness, "teacher-weight": weight}
+        test_logits = torch.stack([predict_logits(t, self.test.x) for t in teachers])
+        logits = pool_logits(teachers, self.pool)
+        if not (torch.isfinite(test_logits).all() and torch.isfinite(logits).all()):
+            log(
+                WARNING,
+                "cloned-distillation: round %s edge %s: teacher outputs are not finite; rejected",
+                server_round,
+                edge,
+            )
+            metrics["edge-status"] = "rejected: non-finite teacher outputs"
+            return metrics
         if self.cd.detect_policy != "off":
             score, reference, suspect = self.detect(teachers)
             metrics.update(
@@ -566,10 +583,8 @@ class ClonedDistillation(Strategy):
                     metrics["teacher-weight"] = weight
             else:
                 self.accepted_scores.append(score)
-        test_logits = torch.stack([predict_logits(t, self.test.x) for t in teachers])
         teacher_accs = [float((lg.argmax(1) == self.test.y).float().mean()) for lg in test_logits]
         ensemble_pred = test_logits.mean(0).argmax(1)
-        logits = pool_logits(teachers, self.pool)
         if self.cd.ensemble_mode == "average":
             logits = logits.mean(0, keepdim=True)
         self.memory.append(EdgeTeacher(server_round, edge, logits, teacher_accs, weight, staleness))

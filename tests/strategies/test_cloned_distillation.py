@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from edgekd.clients.app import app as real_client_app
 from edgekd.config import ExperimentConfig
+from edgekd.experiment import build_experiment_model
 from edgekd.protocol import member_key
 from edgekd.results import RunRecorder
 from edgekd.server.app import run_experiment
@@ -28,6 +28,19 @@ from edgekd.strategies.cloned_distillation import (
     parse_variant,
 )
 from edgekd.testing import InProcessGrid
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run torch on one thread (the tiny models gain nothing from more; less contention).
+
+    run_experiment and the ClientApp size their thread pool from OMP_NUM_THREADS.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _run_config(tiny_npz: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -61,6 +74,11 @@ def _rows(out_dir: Path) -> dict[int, dict[str, Any]]:
 
 def _train_messages(grid: InProcessGrid) -> list[Message]:
     return [m for m in grid.delivered if m.metadata.message_type == MessageType.TRAIN]
+
+
+def _model_state(run_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """State dict of a freshly built model of the run (for its key names)."""
+    return build_experiment_model(ExperimentConfig.from_run_config(run_config)).state_dict()
 
 
 def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -122,8 +140,8 @@ def test_config_cpp_forces_single_model_and_memory() -> None:
 def test_config_cem_keeps_ensemble_and_memory() -> None:
     """A variant with E and M keeps the given P and M; other cd-* keys are parsed too.
 
-    Prepare: cd-variant IEM... no: CEM with P 3, M 4, t 2, edge-init "scratch" (overridden),
-    distill-epochs 7 and cd-ensemble-mode "average".
+    Prepare: cd-variant CEM with P 3, M 4, t 2, edge-init "scratch" (overridden by the
+    variant), distill-epochs 7 and cd-ensemble-mode "average".
     Execute: ClonedDistillationConfig.from_run_config.
     Assert: clone init (the variant wins), P 3, M 4, t 2.0, distill_epochs 7, and one teacher
     per edge in "average" mode.
@@ -191,6 +209,31 @@ def test_config_rejects_bad_values(key: str, value: object, message: str) -> Non
         ClonedDistillationConfig.from_run_config({key: value})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"variant": "IsPP", "ensemble_size": 3, "memory_size": 2}, ("scratch", 1, 1)),
+        ({"variant": "XYZ"}, None),
+    ],
+)
+def test_config_constructor_agrees_with_its_variant(
+    kwargs: dict[str, Any], expected: tuple[str, int, int] | None
+) -> None:
+    """A config built directly never disagrees with its variant (it is applied or rejected).
+
+    Prepare: keyword arguments with a variant and conflicting fields, or an unknown variant.
+    Execute: ClonedDistillationConfig(**kwargs).
+    Assert: either ValueError, or (edge_init, ensemble_size, memory_size) as the variant says
+    (an unknown variant must raise).
+    """
+    try:
+        cd = ClonedDistillationConfig(**kwargs)
+    except ValueError:
+        return
+    assert expected is not None, f"unknown variant accepted: {cd}"
+    assert (cd.edge_init, cd.ensemble_size, cd.memory_size) == expected
+
+
 # ----------------------------------------------------------------------------- edge order
 def _strategy(tiny_npz: Path, tmp_path: Path, **overrides: Any) -> ClonedDistillation:
     run_config = _run_config(tiny_npz, tmp_path, **overrides)
@@ -222,7 +265,9 @@ def test_edge_for_round_permutation(tiny_npz: Path, tmp_path: Path) -> None:
     sequences = {}
     for seed in (0, 1):
         strategy = _strategy(
-            tiny_npz, tmp_path, **{"num-partitions": 5, "cd-edge-order": "permutation", "seed": seed}
+            tiny_npz,
+            tmp_path,
+            **{"num-partitions": 5, "cd-edge-order": "permutation", "seed": seed},
         )
         order = [strategy.edge_for_round(r) for r in range(1, 31)]
         passes = [tuple(order[i : i + 5]) for i in range(0, 30, 5)]
@@ -233,6 +278,23 @@ def test_edge_for_round_permutation(tiny_npz: Path, tmp_path: Path) -> None:
     assert sequences[0] != sequences[1]
 
 
+def test_permutation_order_with_negative_seed(tiny_npz: Path, tmp_path: Path) -> None:
+    """A seed the config accepts also works for the permutation order (or is rejected early).
+
+    Prepare: a run config with seed -1 and cd-edge-order permutation, 3 edges.
+    Execute: build the strategy and ask for the edges of rounds 1..6.
+    Assert: either the config rejects the seed with a ValueError naming 'seed', or every pass
+    of 3 rounds is a permutation of 0..2.
+    """
+    try:
+        strategy = _strategy(tiny_npz, tmp_path, **{"seed": -1, "cd-edge-order": "permutation"})
+    except ValueError as err:
+        assert "seed" in str(err)
+        return
+    order = [strategy.edge_for_round(r) for r in range(1, 7)]
+    assert sorted(order[:3]) == [0, 1, 2] and sorted(order[3:]) == [0, 1, 2]
+
+
 def test_strategy_requires_core_split(tiny_npz: Path, tmp_path: Path) -> None:
     """Without core data the strategy cannot distil and says so.
 
@@ -240,7 +302,7 @@ def test_strategy_requires_core_split(tiny_npz: Path, tmp_path: Path) -> None:
     Execute: build ClonedDistillation.
     Assert: ValueError naming core-fraction.
     """
-    with pytest.raises(ValueError, match="core-fraction must be > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"core-fraction must be > 0, got 0\.0"):
         _strategy(tiny_npz, tmp_path, **{"core-fraction": 0.0})
 
 
@@ -263,7 +325,7 @@ def test_cem_run_one_edge_per_round_over_real_messages(tiny_npz: Path, tmp_path:
     assert [m.metadata.group_id for m in trains] == ["1", "2", "3"]
     assert [m.metadata.dst_node_id for m in trains] == [grid.node_id_of(p) for p in (0, 1, 2)]
     assert len({m.metadata.dst_node_id for m in trains}) == 3
-    state_keys = set(build_model_state(run_config))
+    state_keys = set(_model_state(run_config))
     for server_round, message in enumerate(trains, start=1):
         content = message.content
         assert set(content.keys()) == {"arrays", "config"}
@@ -300,13 +362,6 @@ def test_cem_run_one_edge_per_round_over_real_messages(tiny_npz: Path, tmp_path:
     assert rows[1]["core-acc-before"] == pytest.approx(rows[0]["test-acc"])
 
 
-def build_model_state(run_config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """State dict of a freshly built model of the run (for its key names)."""
-    from edgekd.experiment import build_experiment_model
-
-    return build_experiment_model(ExperimentConfig.from_run_config(run_config)).state_dict()
-
-
 @pytest.mark.parametrize("variant", ["CPP", "IPP", "IsPP"])
 def test_variant_decides_what_the_edge_starts_from(
     tiny_npz: Path, tmp_path: Path, variant: str
@@ -336,7 +391,7 @@ def test_variant_decides_what_the_edge_starts_from(
 
     strategy.start(
         grid,
-        ArrayRecord(build_model_state(run_config)),
+        ArrayRecord(_model_state(run_config)),
         num_rounds=2,
         train_config=ConfigRecord({"local-epochs": 1, "batch-size": 16}),
         evaluate_fn=record,
@@ -395,6 +450,21 @@ def _corrupt(fault: str, reply: Message, request: Message) -> Message:
         metrics = reply.content["metrics"]
         metrics["ensemble-size"] = 1
         return _replace(reply, request, **{member_key(1): None, "metrics": metrics})
+    if fault == "missing-member":
+        return _replace(reply, request, **{member_key(1): None})
+    if fault == "no-metrics":
+        return _replace(reply, request, metrics=None)
+    if fault == "ensemble-size-inf":
+        metrics = reply.content["metrics"]
+        metrics["ensemble-size"] = float("inf")
+        return _replace(reply, request, metrics=metrics)
+    if fault == "overflow":
+        # finite but huge weights (a diverged edge): the teacher's logits overflow to inf/NaN
+        huge = {
+            k: v * 1e30 if v.is_floating_point() and not k.endswith("running_var") else v
+            for k, v in second.items()
+        }
+        return _replace(reply, request, **{member_key(1): ArrayRecord(huge)})
     raise AssertionError(fault)
 
 
@@ -426,6 +496,10 @@ def _faulty_app(fault: str, broken_round: int = 1) -> ClientApp:
         ("wrong-shape", "has shape"),
         ("wrong-keys", "wrong keys"),
         ("ensemble-size", "ensemble-size 1, expected 2"),
+        ("missing-member", "misses ensemble member 'arrays-1'"),
+        ("no-metrics", "no 'metrics' record"),
+        ("ensemble-size-inf", "ensemble-size"),
+        ("overflow", "non-finite teacher outputs"),
     ],
 )
 def test_broken_reply_leaves_core_untouched(
@@ -434,8 +508,9 @@ def test_broken_reply_leaves_core_untouched(
     """A broken edge reply is rejected, the core is unchanged, and the next round works.
 
     Prepare: 3 in-process nodes running an app that breaks its round-1 reply (raises, NaN
-    weights, a wrongly shaped array, a renamed array, or 1 model when 2 are expected) and is
-    the real app in round 2; CEM with P=2, M=2, 2 rounds.
+    weights, a wrongly shaped array, a renamed array, 1 model when 2 are expected, a missing
+    member, no metrics, an infinite ensemble-size, finite weights so large that the logits
+    overflow) and is the real app in round 2; CEM with P=2, M=2, 2 rounds.
     Execute: run_experiment.
     Assert: round 1 edge-status "rejected: ..." naming the fault, no distillation metrics, and
     test-acc/test-loss equal to round 0's (same core); round 2 status ok with only round 2's
@@ -489,6 +564,3 @@ def test_reply_that_never_comes_times_out(tiny_npz: Path, tmp_path: Path) -> Non
     assert rows[2]["num-teachers"] == 2
     assert all(math.isfinite(rows[r]["test-acc"]) for r in (0, 1, 2))
     assert [m.metadata.group_id for m in _train_messages(grid)] == ["2"]
-
-
-_ = Callable  # keep the typing import used by annotations above

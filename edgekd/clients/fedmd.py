@@ -1,0 +1,613 @@
+"""FedMD client side: heterogeneous local models that collaborate through public-data scores.
+
+Li and Wang, "FedMD: Heterogenous Federated Learning via Model Distillation", NeurIPS 2019
+FL workshop, https://arxiv.org/abs/1910.03581; the latent variant adds an MSE term on a shared
+representation layer of size r ("Latent Space Distillation" slides, KIT).
+
+Every node owns a model of its own architecture (``client-models[partition-id % n]``, with a
+linear representation layer of size ``representation-dim`` before its output layer). On its
+first FedMD message the node builds that model and trains it by transfer learning: on the
+labelled public data (with a temporary output layer when the public data has other classes),
+then on its private partition. The model then lives in ``context.state["fedmd-model"]``; its
+weights never leave the node (except for the ``FedAvg`` baseline, which needs them).
+
+Handlers (registered on the one edgekd ClientApp by :func:`register`):
+
+* ``query.fedmd_scores``: class scores (logits) and representations on given public indices;
+* ``train.fedmd``: *digest* (distil towards the received consensus) then *revisit* (train on
+  the private data);
+* ``evaluate.fedmd``: accuracy on the uniform test split and on this node's private test set.
+
+All FedMD settings arrive in the message's ``config`` record (the server parses the run
+config once); the message format is documented in :mod:`edgekd.strategies.fedmd`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from edgekd.config import ExperimentConfig, config_value
+from edgekd.datasets import BatchLoader, default_padding, load_dataset, to_tensors
+from edgekd.experiment import TensorData, client_data, core_data, load_bundle, test_data
+from edgekd.losses import fedmd_digest_loss, latent_distillation_loss
+from edgekd.models import EdgeKDModel, build_model, count_parameters
+from edgekd.protocol import ARRAYS, CONFIG, METRICS
+from edgekd.training import make_optimizer, predict_logits, set_torch_threads, train_supervised
+
+__all__ = [
+    "ACTION_EVALUATE",
+    "ACTION_SCORES",
+    "ACTION_TRAIN",
+    "CONSENSUS",
+    "PUBLIC",
+    "SCORES",
+    "STATE_MODEL",
+    "DigestSettings",
+    "FedMDSetup",
+    "PublicPool",
+    "build_client_model",
+    "client_model",
+    "digest",
+    "evaluate_fedmd",
+    "largest_remainder",
+    "private_test_indices",
+    "public_pool",
+    "query_scores",
+    "register",
+    "train_fedmd",
+]
+
+ACTION_SCORES = "fedmd_scores"
+ACTION_TRAIN = "fedmd"
+ACTION_EVALUATE = "fedmd"
+PUBLIC = "fedmd-public"
+CONSENSUS = "fedmd-consensus"
+SCORES = "fedmd-scores"
+STATE_MODEL = "fedmd-model"
+STATE_META = "fedmd-meta"
+
+
+def _require(config: Mapping[str, Any], key: str, kind: type) -> Any:
+    """Read a key the server always sends; a missing key is a protocol error."""
+    if key not in config:
+        raise ValueError(f"FedMD message config lacks the key {key!r}")
+    return config_value(config, key, None, kind)
+
+
+@dataclass(frozen=True)
+class FedMDSetup:
+    """The settings every FedMD message carries (see :mod:`edgekd.strategies.fedmd`).
+
+    Attributes
+    ----------
+    server_round : int
+        The round the message belongs to (0 = initial evaluation).
+    client_models : tuple[str, ...]
+        Model names, assigned round-robin by partition id.
+    representation_dim : int
+        Size r of the representation layer.
+    public_source : str
+        ``"split"`` or ``"npz:<path>"``.
+    public_fraction : float
+        Stratified share of the training set that is public in ``"split"`` mode.
+    pretrain_public_epochs, pretrain_private_epochs : int
+        Transfer-learning schedule of the lazy first training.
+    private_test_size : int
+        Size of the private test set drawn with the node's label distribution.
+    seed : int
+        Base seed of model initialisation, batch orders and the private test draw.
+    shared_init : bool
+        All nodes start from the same initialisation (the FedAvg baseline).
+    """
+
+    server_round: int
+    client_models: tuple[str, ...]
+    representation_dim: int
+    public_source: str
+    public_fraction: float
+    pretrain_public_epochs: int
+    pretrain_private_epochs: int
+    private_test_size: int
+    seed: int
+    shared_init: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FedMDSetup:
+        """Parse the setup keys of a message's ``ConfigRecord``."""
+        models = tuple(
+            m.strip() for m in _require(config, "client-models", str).split(",") if m.strip()
+        )
+        if not models:
+            raise ValueError("FedMD message config has an empty 'client-models'")
+        return cls(
+            server_round=_require(config, "server-round", int),
+            client_models=models,
+            representation_dim=_require(config, "representation-dim", int),
+            public_source=_require(config, "public-source", str),
+            public_fraction=_require(config, "public-fraction", float),
+            pretrain_public_epochs=_require(config, "pretrain-public-epochs", int),
+            pretrain_private_epochs=_require(config, "pretrain-private-epochs", int),
+            private_test_size=_require(config, "private-test-size", int),
+            seed=_require(config, "seed", int),
+            shared_init=_require(config, "shared-init", bool),
+        )
+
+    def model_name(self, partition_id: int) -> str:
+        """The architecture of partition ``partition_id``."""
+        return self.client_models[partition_id % len(self.client_models)]
+
+    def private_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The experiment config whose partitions are the private data.
+
+        In ``"split"`` mode the public set is the stratified core split of size
+        ``public-fraction`` and the partitions are drawn from the rest.
+        """
+        if self.public_source == "split":
+            return cfg.replace(core_fraction=self.public_fraction)
+        return cfg
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    """The per-round training keys of a ``train.fedmd`` message."""
+
+    digest_epochs: int
+    digest_lr: float
+    temperature: float
+    logit_loss: str
+    latent_weight: float
+    revisit_epochs: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DigestSettings:
+        """Parse the train keys of a message's ``ConfigRecord``."""
+        return cls(
+            digest_epochs=_require(config, "digest-epochs", int),
+            digest_lr=_require(config, "digest-lr", float),
+            temperature=_require(config, "temperature", float),
+            logit_loss=_require(config, "logit-loss", str),
+            latent_weight=_require(config, "latent-weight", float),
+            revisit_epochs=_require(config, "revisit-epochs", int),
+        )
+
+
+@dataclass(frozen=True)
+class PublicPool:
+    """The public data: normalised images, their own labels and number of classes."""
+
+    data: TensorData
+    num_classes: int
+
+
+def _npz_path(source: str) -> Path:
+    path = Path(source.removeprefix("npz:")).expanduser()
+    if not path.is_absolute():
+        path = path.resolve()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"FedMD public data {source!r}: file {path} not found (relative paths are "
+            "resolved against the working directory; give an absolute path under flwr run)"
+        )
+    return path
+
+
+@lru_cache(maxsize=8)
+def public_pool(cfg: ExperimentConfig, source: str, fraction: float) -> PublicPool:
+    """Load the public pool; index ``i`` of the protocol is row ``i`` of ``pool.data``.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The run's config (the private dataset).
+    source : str
+        ``"split"``: the stratified ``fraction`` of the private training set (the core split);
+        ``"npz:<path>"``: ``x_train`` followed by ``x_test`` of another npz data set of the same
+        image shape, e.g. CIFAR-100 images as auxiliary data for CIFAR-10 clients.
+    fraction : float
+        Public share in ``"split"`` mode, in ``(0, 1)``.
+
+    Returns
+    -------
+    PublicPool
+        Images normalised with the private data set's statistics, and their labels.
+    """
+    if source == "split":
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fedmd-public-fraction must be in (0, 1), got {fraction}")
+        public_cfg = cfg.replace(core_fraction=fraction)
+        return PublicPool(core_data(public_cfg), load_bundle(cfg).num_classes)
+    if not source.startswith("npz:"):
+        raise ValueError(f"fedmd-public-source must be 'split' or 'npz:<path>', got {source!r}")
+    private = load_bundle(cfg)
+    aux = load_dataset("npz", npz_path=_npz_path(source))
+    if aux.x_train.shape[1:] != private.x_train.shape[1:]:
+        raise ValueError(
+            f"FedMD public data {source!r} has images of shape {aux.x_train.shape[1:]}, "
+            f"but the private data set has {private.x_train.shape[1:]}"
+        )
+    x = np.concatenate([aux.x_train, aux.x_test])
+    y = np.concatenate([aux.y_train, aux.y_test])
+    xt, yt = to_tensors(x, y, private.mean, private.std, normalize=cfg.normalize)
+    data = TensorData(xt, yt, default_padding(private.image_size))
+    return PublicPool(data, aux.num_classes)
+
+
+def largest_remainder(proportions: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts summing to ``total`` in the given proportions (largest remainder)."""
+    exact = np.asarray(proportions, dtype=np.float64) * total
+    counts = np.floor(exact).astype(np.int64)
+    remaining = total - int(counts.sum())
+    if remaining > 0:
+        order = np.argsort(-(exact - counts), kind="stable")
+        counts[order[:remaining]] += 1
+    return counts
+
+
+def private_test_indices(
+    test_labels: np.ndarray, train_labels: np.ndarray, num_classes: int, size: int, seed: int
+) -> np.ndarray:
+    """A test set drawn from ``test_labels`` with the label distribution of ``train_labels``.
+
+    Class ``c`` receives ``round(size * p_c)`` indices (largest remainder), drawn without
+    replacement while the test split has enough images of ``c`` and cycled through a seeded
+    permutation of them beyond that, so the label distribution is exact. Classes absent from
+    the test split are dropped.
+
+    Parameters
+    ----------
+    test_labels : np.ndarray
+        Labels of the (uniform) test split.
+    train_labels : np.ndarray
+        Labels of the node's private training data.
+    num_classes : int
+        Number of classes.
+    size : int
+        Requested size, ``>= 1``.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    np.ndarray
+        Sorted ``int64`` indices into the test split (repeats possible, see above).
+    """
+    if size < 1:
+        raise ValueError(f"fedmd-private-test-size must be >= 1, got {size}")
+    hist = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_classes)
+    if hist.sum() == 0:
+        raise ValueError("cannot draw a private test set for a node without training data")
+    counts = largest_remainder(hist / hist.sum(), size)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.flatnonzero(counts):
+        pool = np.flatnonzero(np.asarray(test_labels) == c)
+        if pool.size:
+            chosen.append(np.resize(rng.permutation(pool), int(counts[c])))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def build_client_model(
+    setup: FedMDSetup, partition_id: int, num_classes: int, in_channels: int
+) -> EdgeKDModel:
+    """A freshly initialised model of this partition's architecture (seeded)."""
+    seed = setup.seed * 1_000 + (0 if setup.shared_init else partition_id + 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(
+            setup.model_name(partition_id),
+            num_classes,
+            in_channels,
+            representation_dim=setup.representation_dim,
+        )
+
+
+def _train(
+    model: torch.nn.Module, data: TensorData, epochs: int, cfg: ExperimentConfig, seed: int
+) -> float:
+    if epochs == 0:
+        return float("nan")
+    result = train_supervised(
+        model,
+        data.x,
+        data.y,
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        augment=cfg.augment,
+        padding=data.padding,
+        flip=data.x.shape[-1] >= 16,
+        lr_schedule=cfg.lr_schedule,
+    )
+    return result.loss
+
+
+def _pretrain(
+    setup: FedMDSetup, cfg: ExperimentConfig, partition_id: int, private: TensorData
+) -> EdgeKDModel:
+    """Transfer learning: public labels first (own output layer), then the private data."""
+    bundle = load_bundle(cfg)
+    model = build_client_model(setup, partition_id, bundle.num_classes, bundle.in_channels)
+    pool = public_pool(cfg, setup.public_source, setup.public_fraction)
+    seed = setup.seed * 1_000_003 + partition_id
+    if setup.pretrain_public_epochs > 0:
+        if pool.num_classes == bundle.num_classes:
+            public_model = model
+        else:
+            public_model = build_client_model(
+                setup, partition_id, pool.num_classes, bundle.in_channels
+            )
+            public_model.load_state_dict(
+                {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")},
+                strict=False,
+            )
+        _train(public_model, pool.data, setup.pretrain_public_epochs, cfg, seed)
+        if public_model is not model:
+            transferred = {
+                k: v
+                for k, v in public_model.state_dict().items()
+                if not k.startswith("classifier.")
+            }
+            model.load_state_dict(transferred, strict=False)
+    _train(model, private, setup.pretrain_private_epochs, cfg, seed + 1)
+    return model
+
+
+def client_model(
+    context: Context, cfg: ExperimentConfig, setup: FedMDSetup, partition_id: int
+) -> EdgeKDModel:
+    """This node's model: from ``context.state``, or built and pre-trained on first use."""
+    name = setup.model_name(partition_id)
+    meta = context.state.config_records.get(STATE_META)
+    bundle = load_bundle(cfg)
+    if (
+        STATE_MODEL in context.state.array_records
+        and meta is not None
+        and meta.get("model") == name
+        and meta.get("representation-dim") == setup.representation_dim
+    ):
+        model = build_client_model(setup, partition_id, bundle.num_classes, bundle.in_channels)
+        model.load_state_dict(context.state[STATE_MODEL].to_torch_state_dict(), strict=True)
+        return model
+    if meta is not None:
+        log(
+            WARNING, "fedmd: partition %s: model settings changed, pre-training again", partition_id
+        )
+    private = client_data(setup.private_config(cfg), partition_id)
+    model = _pretrain(setup, cfg, partition_id, private)
+    _store(context, model, name, setup.representation_dim)
+    log(
+        INFO,
+        "fedmd: partition %s: %s (r=%s, %s parameters) pre-trained: %s public, %s private epochs",
+        partition_id,
+        name,
+        setup.representation_dim,
+        count_parameters(model),
+        setup.pretrain_public_epochs,
+        setup.pretrain_private_epochs,
+    )
+    return model
+
+
+def _store(context: Context, model: EdgeKDModel, name: str, representation_dim: int) -> None:
+    context.state[STATE_MODEL] = ArrayRecord(model.state_dict())
+    context.state[STATE_META] = ConfigRecord(
+        {"model": name, "representation-dim": representation_dim}
+    )
+
+
+def digest(
+    model: EdgeKDModel,
+    x: torch.Tensor,
+    target_logits: torch.Tensor,
+    target_representations: torch.Tensor | None,
+    settings: DigestSettings,
+    cfg: ExperimentConfig,
+    seed: int,
+) -> float:
+    """Distil ``model`` towards the consensus on the alignment images ``x``.
+
+    Loss per batch: :func:`edgekd.losses.fedmd_digest_loss` on the logits (KL at
+    ``temperature`` or MSE), plus ``latent_weight`` times
+    :func:`edgekd.losses.latent_distillation_loss` on the representation when target
+    representations are given. No augmentation: the targets belong to the plain images.
+
+    Returns
+    -------
+    float
+        Mean loss of the last epoch (NaN when ``digest_epochs`` is 0).
+    """
+    if settings.digest_epochs == 0 or len(x) == 0:
+        return float("nan")
+    loader = BatchLoader(x, torch.arange(len(x)), cfg.batch_size, shuffle=True, seed=seed)
+    optimizer = make_optimizer(model, settings.digest_lr, cfg.momentum, cfg.weight_decay)
+    latent = target_representations is not None and settings.latent_weight > 0
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for _ in range(settings.digest_epochs):
+        loss_sum, seen = 0.0, 0
+        for xb, ib in loader:
+            logits, feats = model.forward_with_features(xb)
+            loss = fedmd_digest_loss(
+                logits,
+                target_logits[ib],
+                mode=settings.logit_loss,
+                temperature=settings.temperature,
+            )
+            if latent:
+                assert target_representations is not None
+                loss = loss + settings.latent_weight * latent_distillation_loss(
+                    feats, target_representations[ib]
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(ib)
+            seen += len(ib)
+    return loss_sum / max(seen, 1)
+
+
+@torch.no_grad()
+def _scores(model: EdgeKDModel, x: torch.Tensor, batch_size: int = 256) -> tuple[Any, Any]:
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, len(x), batch_size):
+        lg, ft = model.forward_with_features(x[start : start + batch_size])
+        logits.append(lg)
+        feats.append(ft)
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+
+
+def _partition(context: Context, cfg: ExperimentConfig) -> int:
+    # Local import: edgekd.clients.app imports this module at its end to register handlers.
+    from edgekd.clients.app import node_partition
+
+    return node_partition(context, cfg)
+
+
+def _indices(record: ArrayRecord, pool_size: int) -> np.ndarray:
+    if "indices" not in record:
+        raise ValueError("FedMD message has no 'indices' array")
+    idx = record["indices"].numpy().astype(np.int64)
+    if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= pool_size:
+        raise ValueError(f"FedMD public indices must be 1-D in [0, {pool_size}), got {idx.shape}")
+    return idx
+
+
+def _setup(msg: Message, context: Context) -> tuple[ExperimentConfig, FedMDSetup, int]:
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    set_torch_threads(cfg.client_threads)
+    config = msg.content.config_records.get(CONFIG, ConfigRecord())
+    return cfg, FedMDSetup.from_config(config), _partition(context, cfg)
+
+
+def query_scores(msg: Message, context: Context) -> Message:
+    """``query.fedmd_scores``: logits (and representations) on the given public indices."""
+    cfg, setup, pid = _setup(msg, context)
+    model = client_model(context, cfg, setup, pid)
+    pool = public_pool(cfg, setup.public_source, setup.public_fraction)
+    idx = _indices(msg.content.array_records[PUBLIC], len(pool.data))
+    config = msg.content.config_records[CONFIG]
+    logits, feats = _scores(model, pool.data.x[torch.from_numpy(idx)])
+    arrays = {"logits": Array(np.ascontiguousarray(logits, dtype=np.float32))}
+    if config_value(config, "with-representations", False, bool):
+        arrays["representations"] = Array(np.ascontiguousarray(feats, dtype=np.float32))
+    private = client_data(setup.private_config(cfg), pid)
+    metrics = MetricRecord({"partition-id": pid, "num-examples": len(private)})
+    content = RecordDict({SCORES: ArrayRecord(arrays), METRICS: metrics})
+    return Message(content=content, reply_to=msg)
+
+
+def train_fedmd(msg: Message, context: Context) -> Message:
+    """``train.fedmd``: digest the consensus (when sent), then revisit the private data.
+
+    Without ``fedmd-consensus`` only the revisit runs (the CE baseline). With an ``arrays``
+    record (the FedAvg baseline) the received global model replaces the local one first and
+    the trained weights are returned.
+    """
+    cfg, setup, pid = _setup(msg, context)
+    settings = DigestSettings.from_config(msg.content.config_records[CONFIG])
+    model = client_model(context, cfg, setup, pid)
+    content = msg.content
+    if ARRAYS in content.array_records:
+        model.load_state_dict(content.array_records[ARRAYS].to_torch_state_dict(), strict=True)
+    seed = setup.seed * 1_000_003 + setup.server_round * 1_009 + pid
+    digest_loss = float("nan")
+    if CONSENSUS in content.array_records:
+        record = content.array_records[CONSENSUS]
+        pool = public_pool(cfg, setup.public_source, setup.public_fraction)
+        idx = _indices(record, len(pool.data))
+        target = torch.from_numpy(record["logits"].numpy().astype(np.float32))
+        reps = None
+        if "representations" in record:
+            reps = torch.from_numpy(record["representations"].numpy().astype(np.float32))
+        x = pool.data.x[torch.from_numpy(idx)]
+        digest_loss = digest(model, x, target, reps, settings, cfg, seed)
+    private = client_data(setup.private_config(cfg), pid)
+    revisit_loss = _train(model, private, settings.revisit_epochs, cfg, seed + 1)
+    _store(context, model, setup.model_name(pid), setup.representation_dim)
+    metrics = MetricRecord(
+        {
+            "partition-id": pid,
+            "num-examples": len(private),
+            "digest-loss": digest_loss,
+            "revisit-loss": revisit_loss,
+        }
+    )
+    reply = RecordDict({METRICS: metrics})
+    if ARRAYS in content.array_records or setup.shared_init:
+        reply[ARRAYS] = ArrayRecord(model.state_dict())
+    log(
+        INFO,
+        "fedmd: partition %s round %s: digest-loss %.4f revisit-loss %.4f",
+        pid,
+        setup.server_round,
+        digest_loss,
+        revisit_loss,
+    )
+    return Message(content=reply, reply_to=msg)
+
+
+def evaluate_fedmd(msg: Message, context: Context) -> Message:
+    """``evaluate.fedmd``: accuracy on the uniform test split and on the private test set.
+
+    Evaluates the node's own model, or the received ``arrays`` (FedAvg's global model).
+    """
+    cfg, setup, pid = _setup(msg, context)
+    model = client_model(context, cfg, setup, pid)
+    if ARRAYS in msg.content.array_records:
+        state = msg.content.array_records[ARRAYS].to_torch_state_dict()
+        model.load_state_dict(state, strict=True)
+    bundle = load_bundle(cfg)
+    test = test_data(cfg)
+    private = client_data(setup.private_config(cfg), pid)
+    idx = private_test_indices(
+        bundle.y_test,
+        private.y.numpy(),
+        bundle.num_classes,
+        setup.private_test_size,
+        seed=setup.seed * 7_919 + pid,
+    )
+    logits = predict_logits(model, test.x, batch_size=256)
+    correct = (logits.argmax(1) == test.y).float()
+    private_acc = float(correct[torch.from_numpy(idx)].mean())
+    metrics = MetricRecord(
+        {
+            "partition-id": pid,
+            "num-examples": len(idx),
+            "uniform-acc": float(correct.mean()),
+            "uniform-loss": float(F.cross_entropy(logits, test.y)),
+            "private-acc": private_acc,
+            "num-parameters": count_parameters(model),
+        }
+    )
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+def register(app: ClientApp) -> None:
+    """Register the three FedMD handlers on ``app`` (the edgekd ClientApp)."""
+    app.query(ACTION_SCORES)(query_scores)
+    app.train(ACTION_TRAIN)(train_fedmd)
+    app.evaluate(ACTION_EVALUATE)(evaluate_fedmd)
