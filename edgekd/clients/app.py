@@ -4,6 +4,14 @@ The handlers are thin: they parse the run config once, pick this node's partitio
 ``context.node_config["partition-id"]`` and call the pure functions of :mod:`edgekd.training`.
 The message format is documented in :mod:`edgekd.protocol`. The same app runs under the
 simulation engine and on a real ``flower-supernode``.
+
+A real device whose data is its own sets ``npz-path`` in its node config
+(``--node-config "partition-id=3 num-partitions=9 npz-path='/data/mine.npz'"``): it then trains
+on the whole train split of that file, normalised with that file's own statistics, and builds
+its model from the received arrays (classes from the output layer, channels from its images),
+so the run's data set does not have to exist on the device. Data that is missing or malformed
+is logged as an ERROR naming the partition, the file and the problem, and the message is
+answered with an error reply: the server leaves the node out and the run goes on.
 """
 
 from __future__ import annotations
@@ -11,20 +19,34 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from logging import INFO
+from logging import ERROR, INFO
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from edgekd.config import ExperimentConfig, SimulatedEdges, config_value
-from edgekd.experiment import TensorData, build_experiment_model, client_data, load_bundle
+from edgekd.datasets import default_padding, load_dataset, to_tensors
+from edgekd.experiment import TensorData, client_data
+from edgekd.models import EdgeKDModel, build_model
 from edgekd.protocol import ARRAYS, CONFIG, METRICS, WHOAMI, member_key
 from edgekd.training import evaluate as evaluate_model
 from edgekd.training import set_torch_threads, train_supervised
 
-__all__ = ["LocalTrainConfig", "app", "node_partition", "train_local"]
+__all__ = [
+    "NODE_DATA_KEY",
+    "LocalTrainConfig",
+    "NodeDataError",
+    "app",
+    "model_for_arrays",
+    "node_data",
+    "node_partition",
+    "train_local",
+]
+
+NODE_DATA_KEY = "npz-path"
 
 app = ClientApp()
 
@@ -100,6 +122,64 @@ def node_partition(context: Context, cfg: ExperimentConfig) -> int:
     return partition_id
 
 
+class NodeDataError(RuntimeError):
+    """This node's own data (node-config ``npz-path``) is missing or malformed."""
+
+
+def _own_data(path: str) -> TensorData:
+    bundle = load_dataset("npz", npz_path=path)
+    x, y = to_tensors(bundle.x_train, bundle.y_train, bundle.mean, bundle.std)
+    return TensorData(x, y, default_padding(bundle.image_size))
+
+
+def node_data(context: Context, cfg: ExperimentConfig, partition_id: int) -> TensorData:
+    """This node's training data: its own npz (node config) or its partition of the run's data.
+
+    Raises
+    ------
+    NodeDataError
+        When the node config names an npz that is missing or malformed; the reason is also
+        logged at ERROR level on the node.
+    """
+    path = str(context.node_config.get(NODE_DATA_KEY, "")).strip()
+    if not path:
+        return client_data(cfg, partition_id)
+    try:
+        return _own_data(path)
+    except (OSError, ValueError) as exc:
+        message = (
+            f"partition {partition_id}: cannot load this node's data "
+            f"(node-config {NODE_DATA_KEY}={path}): {exc}"
+        )
+        log(ERROR, message)
+        raise NodeDataError(message) from exc
+
+
+def model_for_arrays(
+    cfg: ExperimentConfig, state: Mapping[str, Any], data: TensorData, *, seed: int | None = None
+) -> EdgeKDModel:
+    """Build ``cfg.model`` shaped like the received arrays (classes) and the data (channels).
+
+    ``seed`` gives a reproducible fresh initialisation (edges that start from scratch).
+    Labels outside the received model's classes are an error that names them.
+    """
+    weight = state.get("classifier.weight")
+    if weight is None or len(weight.shape) != 2:
+        raise ValueError(f"received arrays have no 2-D 'classifier.weight' for model {cfg.model!r}")
+    num_classes = int(weight.shape[0])
+    if len(data) and int(data.y.max()) >= num_classes:
+        raise ValueError(
+            f"this node's labels go up to {int(data.y.max())}, but the received model has "
+            f"{num_classes} classes"
+        )
+    in_channels = int(data.x.shape[1])
+    if seed is None:
+        return build_model(cfg.model, num_classes, in_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg.model, num_classes, in_channels)
+
+
 def train_local(
     arrays: ArrayRecord,
     data: TensorData,
@@ -115,15 +195,14 @@ def train_local(
     ``label_noise``/``label_noise_p`` corrupt the training batches (simulated noisy edge).
     """
     state = arrays.to_torch_state_dict()
-    bundle = load_bundle(cfg)
-    flip = bundle.image_size >= 16
+    flip = int(data.x.shape[-1]) >= 16
     members: list[ArrayRecord] = []
     losses, accs = [], []
     for member in range(local.ensemble_size):
         if local.init == "scratch":
-            model = build_experiment_model(cfg, seed=local.init_seed + member)
+            model = model_for_arrays(cfg, state, data, seed=local.init_seed + member)
         else:
-            model = build_experiment_model(cfg)
+            model = model_for_arrays(cfg, state, data)
             model.load_state_dict(state, strict=True)
         global_params = (
             [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
@@ -169,7 +248,7 @@ def train(msg: Message, context: Context) -> Message:
     partition_id = node_partition(context, cfg)
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
     local = LocalTrainConfig.from_message(config, cfg, partition_id)
-    data = client_data(cfg, partition_id)
+    data = node_data(context, cfg, partition_id)
     simulated = SimulatedEdges.from_run_config(context.run_config)
     noisy = partition_id in simulated.noisy
     members, metrics = train_local(
@@ -207,9 +286,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = ExperimentConfig.from_run_config(context.run_config)
     set_torch_threads(cfg.client_threads)
     partition_id = node_partition(context, cfg)
-    data = client_data(cfg, partition_id)
-    model = build_experiment_model(cfg)
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict(), strict=True)
+    data = node_data(context, cfg, partition_id)
+    state = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    model = model_for_arrays(cfg, state, data)
+    model.load_state_dict(state, strict=True)
     result = evaluate_model(model, data.x, data.y)
     metrics = MetricRecord(
         {
@@ -231,7 +311,7 @@ def whoami(msg: Message, context: Context) -> Message:
         {
             "partition-id": partition_id,
             "num-partitions": cfg.num_partitions,
-            "num-examples": len(client_data(cfg, partition_id)),
+            "num-examples": len(node_data(context, cfg, partition_id)),
         }
     )
     return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

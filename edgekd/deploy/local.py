@@ -324,7 +324,7 @@ class LocalDeployment:
                     f"{self.superlink.log_tail()}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=1.0, verify=verify).is_success:
+                if httpx.get(url, timeout=1.0, verify=verify, trust_env=False).is_success:
                     return
             time.sleep(0.3)
         raise DeploymentError(
@@ -481,16 +481,7 @@ class LocalDeployment:
                     raise DeploymentError(
                         f"{node.name} exited with code {code}:\n{node.log_tail()}"
                     )
-            if self.credentials is None:
-                # Without node authentication, `flwr supernode list` is not needed: count
-                # the SuperNodes whose log says they connected.
-                online = [
-                    {"name": n.name}
-                    for n in self.supernodes
-                    if n.popen.poll() is None and "Starting Flower SuperNode" in n.log_tail(200)
-                ]
-            else:
-                online = [n for n in self.list_nodes() if n.get("status") == "online"]
+            online = [n for n in self.list_nodes() if n.get("status") == "online"]
             if len(online) >= count:
                 return online
             time.sleep(1.0)
