@@ -107,6 +107,9 @@ def main() -> int:
         help="extra 'key=value' run-config overrides for every run",
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; valid: {VARIANTS} (FedAvg always runs)")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(name, seed) for seed in args.seeds for name in [*args.variants, "fedavg"]]
