@@ -8,12 +8,16 @@ ratio to M=1 (same P) is taken within each repeat, and median/min/max over repea
 
     python benchmarks/distill_cost.py                  # writes benchmarks/distill_cost.json
     python benchmarks/distill_cost.py --repeats 3 --memory 1 5
+
+Peak memory is the process's peak RSS during each timed round (``VmHWM``, reset before the
+round on Linux), next to the size of the stacked cached teacher logits.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -59,23 +63,60 @@ def naive_distill(
             optimizer.step()
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) on Linux; False where that is impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MB: ``VmHWM`` (since the last reset) or ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def one_round(
     memory: int, ensemble: int, args: argparse.Namespace, seed: int, naive: bool
-) -> float:
-    """Seconds of one Phase-2 round with M=memory edges of P=ensemble teachers each."""
+) -> tuple[float, float, float]:
+    """One Phase-2 round with M=memory edges of P=ensemble teachers each.
+
+    Returns
+    -------
+    tuple of float
+        Seconds of the round, the process's peak RSS (MB) during the round (``VmHWM`` is reset
+        just before it on Linux) and the size (MB) of the stacked cached teacher logits.
+
+    Notes
+    -----
+    The M-1 older edges' logits were cached in earlier rounds; their values do not change the
+    cost of ``distill``, so they are random tensors of the right shape here. Only the naive loop
+    needs all M*P teacher models.
+    """
     torch.manual_seed(seed)
     x = torch.randn(args.core_size, 3, 32, 32)
     y = torch.randint(0, 10, (args.core_size,))
     student = build_model(args.model, 10, 3)
-    teachers = [build_model(args.model, 10, 3).eval() for _ in range(memory * ensemble)]
+    count = memory * ensemble if naive else ensemble
+    teachers = [build_model(args.model, 10, 3).eval() for _ in range(count)]
     pool = make_distill_pool(x, y, views=args.epochs, augment=True, seed=seed)
-    old = pool_logits(teachers[ensemble:], pool) if memory > 1 else None
+    old = torch.randn((memory - 1) * ensemble, len(pool.x), 10) if memory > 1 else None
+    _reset_peak_rss()
     started = time.perf_counter()
+    logits_mb = 0.0
     if naive:
         naive_distill(student, teachers, x, y, args.epochs, args.batch_size, seed)
     else:
         new = pool_logits(teachers[:ensemble], pool)
         stacked = new if old is None else torch.cat([new, old])
+        logits_mb = stacked.numel() * stacked.element_size() / 2**20
         distill(
             student,
             pool,
@@ -86,7 +127,7 @@ def one_round(
             temperature=4.0,
             seed=seed,
         )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _peak_rss_mb(), logits_mb
 
 
 def main() -> int:
@@ -109,26 +150,33 @@ def main() -> int:
     settings = [(m, p) for p in args.ensemble for m in args.memory]
     cached: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
     naive: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    peak: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    logits_mb: dict[tuple[int, int], float] = {}
     one_round(1, 1, args, seed=-1 % 2**31, naive=False)  # warm-up: allocator, kernels
     for repeat in range(args.repeats):
         for m, p in settings:
-            cached[(m, p)].append(one_round(m, p, args, repeat, naive=False))
+            seconds, peak_mb, size_mb = one_round(m, p, args, repeat, naive=False)
+            cached[(m, p)].append(seconds)
+            peak[(m, p)].append(peak_mb)
+            logits_mb[(m, p)] = size_mb
             if not args.skip_naive and p == 1:
-                naive[(m, p)].append(one_round(m, p, args, repeat, naive=True))
+                naive[(m, p)].append(one_round(m, p, args, repeat, naive=True)[0])
             print(
                 f"repeat {repeat} M={m} P={p}: cached {cached[(m, p)][-1]:.2f}s"
                 + (f", naive {naive[(m, p)][-1]:.2f}s" if naive[(m, p)] else ""),
                 flush=True,
             )
 
-    def ratios(times: dict[tuple[int, int], list[float]], m: int, p: int) -> dict[str, float]:
-        values = [a / b for a, b in zip(times[(m, p)], times[(1, p)], strict=True)]
+    def summary(values: list[float]) -> dict[str, float]:
         return {
             "median": statistics.median(values),
             "min": min(values),
             "max": max(values),
             "repeats": len(values),
         }
+
+    def ratios(times: dict[tuple[int, int], list[float]], m: int, p: int) -> dict[str, float]:
+        return summary([a / b for a, b in zip(times[(m, p)], times[(1, p)], strict=True)])
 
     rows = []
     for m, p in settings:
@@ -139,6 +187,9 @@ def main() -> int:
             "seconds_median": statistics.median(cached[(m, p)]),
             "seconds_per_epoch_median": statistics.median(cached[(m, p)]) / args.epochs,
             "ratio_to_m1": ratios(cached, m, p),
+            "seconds_per_epoch": summary([t / args.epochs for t in cached[(m, p)]]),
+            "peak_rss_mb": summary(peak[(m, p)]),
+            "teacher_logits_mb": logits_mb[(m, p)],
         }
         if naive[(m, p)]:
             row["naive_seconds_median"] = statistics.median(naive[(m, p)])
@@ -147,10 +198,11 @@ def main() -> int:
     result = {
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}",
         "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "kd_cost_ratio_m5_m1": ratios(cached, 5, 1)
         if (5, 1) in cached and (1, 1) in cached
         else None,
@@ -160,7 +212,7 @@ def main() -> int:
     for row in rows:
         print(
             f"M={row['M']:2d} P={row['P']} {row['seconds_median']:.2f}s "
-            f"x{row['ratio_to_m1']['median']:.2f}"
+            f"x{row['ratio_to_m1']['median']:.2f} peak {row['peak_rss_mb']['median']:.0f} MB"
             + (
                 f"  naive {row['naive_seconds_median']:.2f}s "
                 f"x{row['naive_ratio_to_m1']['median']:.2f}"
