@@ -21,7 +21,12 @@ from typing import Any
 from repro_common import ROOT, final_stats, load_curve, load_rows, run_profile
 
 PROFILES = ROOT / "simulations" / "lagged-noisy"
-LAGGED = {"normal": "lag-normal", "late_used": "lag-late-used", "late_omitted": "lag-late-omitted"}
+LAGGED = {
+    "normal": "lag-normal",
+    "late_used": "lag-late-used",
+    "late_omitted": "lag-late-omitted",
+    "late_used_polynomial": "lag-late-used-polynomial",
+}
 NOISY = {
     "clean": "noisy-clean",
     "no_detection": "noisy-no-detection",
@@ -113,6 +118,10 @@ def main() -> int:
         lagged[case]["staleness"] = [
             [t["staleness"] for t in teachers(d) if t.get("status") == "ok"] for d in dirs(name)
         ]
+        lagged[case]["teacher_weights"] = [
+            [t["teacher-weight"] for t in teachers(d) if t.get("status") == "ok"]
+            for d in dirs(name)
+        ]
         lagged[case]["statuses"] = [[t.get("status") for t in teachers(d)] for d in dirs(name)]
     noisy: dict[str, Any] = {}
     for case, name in NOISY.items():
@@ -155,7 +164,7 @@ def main() -> int:
     for case, stats in lagged.items():
         print(
             f"lagged {case:13s} {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
-            f"(paper {PAPER[case]:.2f} %) staleness {stats['staleness']}"
+            f"(paper {PAPER.get(case, float('nan')):.2f} %) staleness {stats['staleness']}"
         )
     for case, stats in noisy.items():
         print(
