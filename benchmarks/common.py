@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,10 +38,20 @@ __all__ = [
     "process_name",
     "read_json",
     "run_timed",
+    "stop_on_sigterm",
     "summary",
     "today",
     "write_json",
 ]
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so that cleanup (``finally``) runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def summary(values: Sequence[float]) -> dict[str, float | int]:
@@ -299,11 +310,14 @@ def run_timed(
     timeout: float = 1800.0,
     sample_memory: bool = False,
     echo: bool = False,
+    new_session: bool = False,
 ) -> TimedRun:
     """Run ``command``; time it from start to exit and stamp each output line on arrival.
 
     stdout and stderr are merged. With ``sample_memory`` the process tree's memory is sampled
     every 0.5 s (see :class:`TreeMemory`). The process is killed after ``timeout`` seconds.
+    ``new_session`` starts it in its own session: with the kernel's autogroup scheduling (on
+    here) a session is one CPU-share group, as the SuperLink that ``edgekd.launch`` starts is.
     """
     started = time.monotonic()
     process = subprocess.Popen(
@@ -314,6 +328,7 @@ def run_timed(
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        start_new_session=new_session,
     )
     sampler = TreeMemory(process.pid).start() if sample_memory else None
     lines: list[tuple[float, str]] = []
@@ -328,6 +343,12 @@ def run_timed(
         process.wait()
     finally:
         timer.cancel()
+        if process.poll() is None:  # interrupted: let edgekd.launch stop its SuperLink
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
     wall = time.monotonic() - started
     memory = sampler.stop() if sampler is not None else {}
     return TimedRun(process.returncode, wall, lines, memory)

@@ -8,7 +8,9 @@
     (the seeds and settings the ClientApp would use) and Phase 2 is the strategy's own
     ``_distill_round``, then the core is evaluated on the test split.
 
-Both are fresh processes timed from start to exit, with one torch thread everywhere
+Both are fresh processes timed from start to exit (the plain loop in its own session, as the
+SuperLink tree of (a) is: one CPU-share group each under the kernel's autogroup scheduling),
+with one torch thread everywhere
 (``OMP_NUM_THREADS=1``; each virtual client gets 1 CPU), the same seed and the same
 overrides, so they train the same models (the final test accuracies are compared). Each repeat
 runs both, in alternating order; the ratio (a)/(b) is taken within a repeat.
@@ -49,6 +51,7 @@ from common import (
     flat_overrides,
     machine,
     run_timed,
+    stop_on_sigterm,
     summary,
     today,
     write_json,
@@ -238,7 +241,8 @@ def _raw_run(overrides: list[str], work: Path) -> dict[str, Any]:
     flat = flat_overrides([*overrides, f"output-dir='{work / 'rawout'}'"])
     command = [PYTHON, str(Path(__file__).resolve()), "--raw-loop", "--raw-out", str(out_json)]
     command += ["--run-config", flat]
-    run = run_timed(command, env=bench_env(1), sample_memory=True)
+    # own session, like the SuperLink tree of (a): one CPU-share group each under autogroup
+    run = run_timed(command, env=bench_env(1), sample_memory=True, new_session=True)
     if run.returncode != 0:
         raise RuntimeError(f"raw loop failed ({run.returncode}):\n{run.text()[-4000:]}")
     result = json.loads(out_json.read_text())
@@ -348,4 +352,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main())
