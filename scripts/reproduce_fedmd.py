@@ -43,6 +43,11 @@ def run_name(method: str, alpha: float, seed: int, r: int = DEFAULT_R) -> str:
     return f"{method}-alpha{alpha:g}-seed{seed}{suffix}"
 
 
+def alpha_key(alpha: float) -> str:
+    """Key of one alpha's block in summary.json: ``"alpha=0.1"``, ``"alpha=1.0"``."""
+    return f"alpha={float(alpha)!r}"
+
+
 def run_one(method: str, alpha: float, seed: int, r: int, out: Path, extra: list[str]) -> Path:
     """Run profile ``method`` with ``alpha``, ``seed`` and ``r`` unless already done."""
     run_dir = out / "runs" / run_name(method, alpha, seed, r)
@@ -149,7 +154,7 @@ def tables(summary: dict[str, Any], alphas: list[float]) -> str:
             "| --- | " + " | ".join("---" for _ in alphas) + " | --- |",
         ]
         for method in methods:
-            cells = [_cell(summary[f"alpha={a:g}"].get(method), key) for a in alphas]
+            cells = [_cell(summary[alpha_key(a)].get(method), key) for a in alphas]
             slide = SLIDES[key].get(method)
             slide_text = f"{slide:.3f}" if slide is not None else "—"
             if all(c == "—" for c in cells) and slide is None:
@@ -165,7 +170,7 @@ def tables(summary: dict[str, Any], alphas: list[float]) -> str:
     for method in [*METHODS, "FedAvg"]:
         cells = []
         for a in alphas:
-            stats = summary[f"alpha={a:g}"].get(method)
+            stats = summary[alpha_key(a)].get(method)
             cells.append(
                 "—"
                 if stats is None
@@ -197,7 +202,7 @@ def tables(summary: dict[str, Any], alphas: list[float]) -> str:
     for method in [*METHODS, "FedAvg"]:
         cells = []
         for a in alphas:
-            stats = summary[f"alpha={a:g}"].get(method)
+            stats = summary[alpha_key(a)].get(method)
             cells.append("—" if stats is None else f"{stats['bytes_per_round'] / 1e3:,.0f} kB")
         if any(c != "—" for c in cells):
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -210,10 +215,11 @@ def plot(summary: dict[str, Any], alphas: list[float], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(alphas), figsize=(5.5 * len(alphas), 4), squeeze=False)
     for ax, alpha in zip(axes[0], alphas, strict=True):
-        for method, stats in summary[f"alpha={alpha:g}"].items():
+        for method, stats in summary[alpha_key(alpha)].items():
             rounds = range(len(stats["curve_private"]))
             (line,) = ax.plot(rounds, stats["curve_private"], marker=".", label=f"{method} private")
             ax.plot(
@@ -224,6 +230,7 @@ def plot(summary: dict[str, Any], alphas: list[float], path: Path) -> None:
                 color=line.get_color(),
                 label=f"{method} uniform",
             )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"Dirichlet α={alpha:g}")
         ax.set_xlabel("round (0 = after transfer learning)")
         ax.set_ylabel("mean client accuracy")
@@ -289,7 +296,7 @@ def main() -> int:
         if args.fedavg_seeds:
             block["FedAvg"] = aggregate(runs("FedAvg", alpha, args.fedavg_seeds), args.fedavg_seeds)
             block["FedAvg"]["note"] = "one architecture (resnet8) for all clients; weights travel"
-        summary[f"alpha={alpha:g}"] = block
+        summary[alpha_key(alpha)] = block
     sweep: dict[str, Any] = {"method": "LKD", "alpha": sweep_alpha, "seed": sweep_seed, "runs": {}}
     for r in args.r_sweep:
         final = load_rows(out / "runs" / run_name("LKD", sweep_alpha, sweep_seed, r))[-1]
