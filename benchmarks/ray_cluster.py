@@ -61,6 +61,7 @@ from common import (
 )
 
 LOOPBACK = "127.0.0.1"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ACTOR_LINE = re.compile(r"\(ClientAppActor pid=(\d+)[^)]*\).*partition (\d+): trained")
 SIMULATION = (
     'strategy="fedavg" dataset="digits" model="cnn" partitioner="iid" num-partitions=4 '
@@ -294,16 +295,20 @@ def main(argv: list[str] | None = None) -> int:
             is_loopback(s["address"]) for s in late
         )
         trained: dict[str, list[int]] = {}
+        seen: set[str] = set()
         for _, line in run.lines:
             match = ACTOR_LINE.search(line)
-            if match:
+            # an actor's line can reach the stream twice (Ray's log forwarding and Flower's)
+            key = ANSI.sub("", line[match.start() :]).strip() if match else ""
+            if match and key not in seen:
+                seen.add(key)
                 node = watcher.node_of_pid.get(int(match.group(1)), "unknown")
                 trained.setdefault(node, []).append(int(match.group(2)))
         result["simulation"] = {
             "run_config": SIMULATION,
             "returncode": run.returncode,
             "wall_s": run.wall_s,
-            "connected": any("Connecting to existing Ray cluster" in x for _, x in run.lines),
+            "actors_started_by_this_cluster": bool(watcher.node_of_pid),
             "actors": {str(pid): node for pid, node in sorted(watcher.node_of_pid.items())},
             "partitions_trained_by_node": {k: sorted(v) for k, v in sorted(trained.items())},
         }
