@@ -161,8 +161,9 @@ def _overhead_section(data: dict[str, Any] | None) -> list[str]:
     ]
     fixed_median = statistics.median(fixed)
     lines += [
-        "Reading: the extra time is a fixed cost (outside the loop, Phase 0 slowed by Ray "
-        "starting its actors at the same time, round 1's node mapping): median "
+        "Reading: the extra time is a fixed cost (outside the loop; Phase 0, which in (a) "
+        "runs while Ray starts its actors, presumably why it is slower there; round 1's "
+        "node mapping): median "
         f"{fixed_median:.1f} s here; the steady rounds cost no more than in the plain loop "
         "(their difference is within the noise of this shared machine). With that fixed cost "
         "and no per-round cost, the ratio falls to 1.15 once the plain loop takes "
