@@ -9,8 +9,13 @@ launcher does the same run without either problem:
 2. writes a connection for it into that ``FLWR_HOME`` (the user's ``~/.flwr`` is untouched);
 3. calls ``flwr run APP edgekd-local --stream`` with your ``--run-config`` and
    ``--federation-config`` (``num-supernodes`` defaults to the run's ``num-partitions``,
-   ``client-resources-num-cpus`` to 1);
-4. stops the SuperLink and everything it started (its process group), also on error or Ctrl-C.
+   ``client-resources-num-cpus`` to 1). ``flwr run`` refuses a TOML file next to ``key=value``
+   pairs, so every ``--run-config`` (TOML profiles and pairs, later ones winning) is merged
+   here into one set of pairs, with relative ``npz-path``/``data-dir``/``output-dir`` made
+   absolute;
+4. stops the SuperLink and everything it started (its process group, and the simulation
+   process and its Ray cluster, which run in a session of their own), also on error, Ctrl-C or
+   SIGTERM.
 
 Usage::
 
@@ -36,7 +41,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LaunchError", "effective_run_config", "launch", "main", "private_superlink"]
+__all__ = [
+    "LaunchError",
+    "effective_run_config",
+    "flwr_run_command",
+    "format_pairs",
+    "launch",
+    "main",
+    "private_superlink",
+    "run_config_overrides",
+]
 
 
 class LaunchError(RuntimeError):
@@ -76,17 +90,43 @@ def _parse_pairs(text: str) -> dict[str, Any]:
     return values
 
 
+def run_config_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Merge ``--run-config`` arguments (TOML files or ``"k=v ..."``), later ones winning."""
+    merged: dict[str, Any] = {}
+    for override in overrides:
+        path = Path(override)
+        if override.endswith(".toml"):
+            if not path.is_file():
+                raise LaunchError(f"run-config file not found: {override}")
+            merged.update(tomllib.loads(path.read_text()))
+        else:
+            merged.update(_parse_pairs(override))
+    return merged
+
+
 def effective_run_config(app_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """``[tool.flwr.app.config]`` of ``app_dir`` with ``--run-config`` overrides applied."""
     pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    config = dict(pyproject["tool"]["flwr"]["app"]["config"])
-    for override in overrides:
-        path = Path(override)
-        if override.endswith(".toml") and path.is_file():
-            config.update(tomllib.loads(path.read_text()))
-        else:
-            config.update(_parse_pairs(override))
-    return config
+    return {**pyproject["tool"]["flwr"]["app"]["config"], **run_config_overrides(overrides)}
+
+
+def _toml_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if '"' in value or "\\" in value:
+            if "'" in value:
+                raise LaunchError(f"run-config {key}: cannot pass a value with both quote kinds")
+            return f"'{value}'"
+        return f'"{value}"'
+    raise LaunchError(f"run-config {key}: unsupported value {value!r} ({type(value).__name__})")
+
+
+def format_pairs(values: dict[str, Any]) -> str:
+    """Flower's ``"k1=v1 k2=v2"`` syntax for ``values`` (strings quoted, TOML scalars)."""
+    return " ".join(f"{key}={_toml_value(key, value)}" for key, value in values.items())
 
 
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], log_file: Path) -> None:
@@ -105,8 +145,39 @@ def _wait_healthy(port: int, process: subprocess.Popen[bytes], log_file: Path) -
     raise LaunchError(f"flower-superlink did not become healthy within 60 s; see {log_file}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate the process group of ``process`` (SuperLink, SuperExec, Ray)."""
+def _sessions_using_port(port: int) -> set[int]:
+    """Session ids of Flower processes (other than ours) whose command line names ``port``.
+
+    The simulation (``flwr-simulation --runtime-api-address 127.0.0.1:PORT``) starts in a
+    session of its own, with Ray's processes under it; Linux only (``/proc``).
+    """
+    sessions: set[int] = set()
+    needle = f"127.0.0.1:{port}".encode()
+    own = os.getsid(0)
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes()
+            if needle in cmdline and b"flwr" in cmdline:
+                sid = os.getsid(int(entry.name))
+                if sid != own:
+                    sessions.add(sid)
+    return sessions
+
+
+def _kill_sessions(sessions: set[int]) -> None:
+    """SIGKILL every process of the given sessions."""
+    if not sessions:
+        return
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            pid = int(entry.name)
+            if os.getsid(pid) in sessions:
+                os.kill(pid, signal.SIGKILL)
+
+
+def _stop(process: subprocess.Popen[bytes], port: int | None = None) -> None:
+    """Terminate the process group of ``process`` (SuperLink, SuperExec) and its simulation."""
+    stray = _sessions_using_port(port) if port is not None else set()
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -118,6 +189,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+    if port is not None:
+        time.sleep(1.0)  # a simulation that was still shutting down may have exited by now
+        _kill_sessions(stray | _sessions_using_port(port))
 
 
 @contextlib.contextmanager
@@ -161,24 +235,39 @@ def private_superlink(flwr_home: Path, num_supernodes: int, num_cpus: int) -> It
         _wait_healthy(port, process, log_file)
         yield "edgekd-local"
     finally:
-        _stop(process)
+        _stop(process, port)
 
 
 PATH_KEYS = ("npz-path", "data-dir", "output-dir")
 
 
-def _absolute_path_overrides(config: dict[str, Any]) -> list[str]:
+def _absolute_paths(config: dict[str, Any]) -> dict[str, str]:
     """Resolve relative path keys against the launcher's working directory.
 
     The ServerApp and ClientApps run from Flower's copy of the app with another working
     directory, so ``npz-path='../shared/data/x.npz'`` must be made absolute here.
     """
-    pairs = []
+    paths = {}
     for key in PATH_KEYS:
         value = config.get(key)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            pairs.append(f"{key}={json.dumps(str(Path(value).resolve()))}")
-    return [" ".join(pairs)] if pairs else []
+            paths[key] = str(Path(value).resolve())
+    return paths
+
+
+def flwr_run_command(
+    app: Path, connection: str, run_config: Sequence[str], federation: dict[str, Any]
+) -> list[str]:
+    """The ``flwr run`` command line: all run-config overrides merged into one pair string."""
+    overrides = run_config_overrides(run_config)
+    pyproject = tomllib.loads((app / "pyproject.toml").read_text())
+    overrides.update(_absolute_paths({**pyproject["tool"]["flwr"]["app"]["config"], **overrides}))
+    command = [str(Path(sys.executable).with_name("flwr")), "run", str(app), connection, "--stream"]
+    if overrides:
+        command += ["--run-config", format_pairs(overrides)]
+    if federation:
+        command += ["--federation-config", format_pairs(federation)]
+    return command
 
 
 def _run_outcome(flwr_returncode: int, listing_json: str) -> int:
@@ -218,7 +307,6 @@ def launch(
     """Run the app in ``app_dir`` to completion; return ``flwr run``'s exit code."""
     app = Path(app_dir).resolve()
     config = effective_run_config(app, run_config)
-    run_config = [*run_config, *_absolute_path_overrides(config)]
     federation = _parse_pairs(federation_config) if federation_config else {}
     num_supernodes = int(federation.pop("num-supernodes", config.get("num-partitions", 2)))
     num_cpus = int(federation.pop("client-resources-num-cpus", 1))
@@ -230,16 +318,7 @@ def launch(
         )
         home.mkdir(parents=True, exist_ok=True)
         connection = stack.enter_context(private_superlink(home, num_supernodes, num_cpus))
-        command = [str(Path(sys.executable).with_name("flwr")), "run", str(app), connection]
-        command.append("--stream")
-        for override in run_config:
-            path = Path(override)
-            command += ["--run-config", str(path.resolve()) if path.is_file() else override]
-        if federation:
-            pairs = " ".join(
-                f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in federation.items()
-            )
-            command += ["--federation-config", pairs]
+        command = flwr_run_command(app, connection, run_config, federation)
         env = _env(home)
         completed = subprocess.run(command, env=env, timeout=timeout, check=False)
         listing = subprocess.run(
@@ -279,7 +358,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the SuperLink's database and log here (default: a temp dir)",
     )
     args = parser.parse_args(argv)
-    return launch(args.app, args.run_config, args.federation_config, args.timeout, args.flwr_home)
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)  # run the clean-up on SIGTERM as on Ctrl-C
+    try:
+        return launch(
+            args.app, args.run_config, args.federation_config, args.timeout, args.flwr_home
+        )
+    except KeyboardInterrupt:
+        print(
+            "edgekd.launch: interrupted; the SuperLink and the simulation were stopped",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":
