@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,19 +15,27 @@ from edgekd.launch import launch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _flower_processes() -> list[str]:
+def _processes_of_run(flwr_home: Path) -> list[str]:
+    """Live processes that belong to the launcher's run in ``flwr_home``.
+
+    The SuperLink names its database under ``flwr_home``; the simulation names the SuperLink's
+    address (read back from the connection the launcher wrote). Other sessions' Flower
+    processes on the same machine are ignored.
+    """
+    config = (flwr_home / "config.toml").read_text()
+    address = re.search(r'address = "([^"]+)"', config)
+    assert address, config
+    needles = (str(flwr_home), address.group(1))
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    return [
-        line
-        for line in out.stdout.splitlines()
-        if "flower-superlink" in line or "flower-superexec" in line
-    ]
+    return [line for line in out.stdout.splitlines() if any(n in line for n in needles)]
 
 
 @pytest.mark.integration
 def test_fedavg_two_rounds_through_simulation_engine(tiny_npz: Path, tmp_path: Path) -> None:
-    """2 FedAvg rounds on 2 virtual clients via flwr run + Ray write per-round metrics."""
-    before = _flower_processes()
+    """2 FedAvg rounds on 2 virtual clients via flwr run + Ray write per-round metrics.
+
+    Also: no process of the run (SuperLink, SuperExec, simulation) is left afterwards.
+    """
     out_dir = tmp_path / "results"
     overrides = (
         f"dataset='npz' npz-path='{tiny_npz}' num-partitions=2 num-server-rounds=2 "
@@ -42,7 +51,7 @@ def test_fedavg_two_rounds_through_simulation_engine(tiny_npz: Path, tmp_path: P
     assert all(0.0 <= float(r["test-acc"]) <= 1.0 for r in rows)
     assert rows[-1]["train/train-loss"]
     assert (runs[0] / "accuracy.png").exists()
-    assert _flower_processes() == before, "the launcher left Flower processes behind"
+    assert _processes_of_run(tmp_path / "flwr-home") == [], "the launcher left processes behind"
 
 
 @pytest.mark.integration
