@@ -49,6 +49,7 @@ __all__ = [
     "launch",
     "main",
     "private_superlink",
+    "run_config_arguments",
     "run_config_overrides",
 ]
 
@@ -259,10 +260,23 @@ def flwr_run_command(
     app: Path, connection: str, run_config: Sequence[str], federation: dict[str, Any]
 ) -> list[str]:
     """The ``flwr run`` command line: all run-config overrides merged into one pair string."""
+    command = [str(Path(sys.executable).with_name("flwr")), "run", str(app), connection, "--stream"]
+    return command + run_config_arguments(app, run_config, federation)
+
+
+def run_config_arguments(
+    app: Path, run_config: Sequence[str], federation: dict[str, Any] | None = None
+) -> list[str]:
+    """``--run-config``/``--federation-config`` arguments for ``flwr run``.
+
+    Every ``--run-config`` (TOML files and ``"k=v ..."`` pairs, later ones winning) is merged
+    into one pair string, since ``flwr run`` refuses a file next to pairs, and relative
+    ``npz-path``/``data-dir``/``output-dir`` are made absolute.
+    """
     overrides = run_config_overrides(run_config)
     pyproject = tomllib.loads((app / "pyproject.toml").read_text())
     overrides.update(_absolute_paths({**pyproject["tool"]["flwr"]["app"]["config"], **overrides}))
-    command = [str(Path(sys.executable).with_name("flwr")), "run", str(app), connection, "--stream"]
+    command: list[str] = []
     if overrides:
         command += ["--run-config", format_pairs(overrides)]
     if federation:

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 from flwr.common.logger import log
 
 from edgekd.deploy.certs import DevCredentials
-from edgekd.launch import _absolute_path_overrides, _env, _free_port, _stop, effective_run_config
+from edgekd.launch import _env, _free_port, _stop, run_config_arguments
 
 __all__ = [
     "CONNECTION",
@@ -506,12 +506,8 @@ class LocalDeployment:
         stopped (``flwr stop``) and reported with ``returncode`` 124.
         """
         app_dir = Path(app).resolve()
-        config = effective_run_config(app_dir, run_config)
-        overrides = [*run_config, *_absolute_path_overrides(config)]
         command = [self._executable("flwr"), "run", str(app_dir), CONNECTION, "--stream"]
-        for override in overrides:
-            path = Path(override)
-            command += ["--run-config", str(path.resolve()) if path.is_file() else override]
+        command += run_config_arguments(app_dir, run_config)
         self._runs += 1
         log_file = self.workdir / f"flwr-run-{self._runs}.log"
         log(INFO, "edgekd.deploy: %s", shlex.join(command))
