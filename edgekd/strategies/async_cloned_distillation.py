@@ -278,6 +278,7 @@ class AsyncClonedDistillation(ClonedDistillation):
         """Phase 0, then one push per round and non-blocking pulls; then drain or drop."""
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
+        self.request_node_map(grid)
         self.phase0()
         result = Result()
         arrays = self._state(self.model)

@@ -247,6 +247,7 @@ class ClonedDistillation(Strategy):
         self.memory: deque[EdgeTeacher] = deque(maxlen=cd_config.memory_size)
         self.accepted_scores: list[float] = []
         self.node_of_partition: dict[int, int] = {}
+        self._whoami_pending: set[str] = set()
         self.pool: DistillPool | None = None
         self._flip = self.test.x.shape[-1] >= 16
         self._current_edge: int | None = None
@@ -349,9 +350,52 @@ class ClonedDistillation(Strategy):
             acc,
         )
 
+    def _whoami(self, grid: Grid, node: int) -> Message:
+        return grid.create_message(RecordDict(), f"{MessageType.QUERY}.{WHOAMI}", node, "whoami")
+
+    def request_node_map(self, grid: Grid) -> None:
+        """Push ``query.whoami`` to every connected node without waiting for the answers.
+
+        :meth:`start` calls it before Phase 0, so that the nodes start their ClientApps and
+        load their partitions while the core trains; :meth:`_map_nodes` collects the answers
+        (and asks the nodes that were not connected yet).
+        """
+        messages = [self._whoami(grid, node) for node in grid.get_node_ids()]
+        if messages:
+            self._whoami_pending = set(grid.push_messages(messages))
+
+    def _record_whoami(self, reply: Message, failed: set[int]) -> None:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            failed.add(node)
+            reason = (reply.error.reason or "").strip().splitlines()
+            log(
+                WARNING,
+                "cloned-distillation: node %s failed whoami (code %s): %s",
+                node,
+                reply.error.code,
+                reason[-1] if reason else "",
+            )
+            return
+        pid = int(reply.content[METRICS]["partition-id"])
+        self.node_of_partition[pid] = node
+
+    def _collect_pushed_whoami(self, grid: Grid, failed: set[int], timeout: float) -> None:
+        """Pull the answers to :meth:`request_node_map`'s queries for at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while self._whoami_pending:
+            for reply in grid.pull_messages(list(self._whoami_pending)):
+                self._whoami_pending.discard(reply.metadata.reply_to_message_id)
+                self._record_whoami(reply, failed)
+            if not self._whoami_pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self._whoami_pending = set()
+
     def _map_nodes(self, grid: Grid) -> None:
         """Ask every node for its partition id (``query.whoami``).
 
+        Answers to queries pushed earlier by :meth:`request_node_map` are collected first.
         Nodes are asked until every partition is mapped, or every connected node has answered
         (a node that answers with an error, e.g. because its data is missing, is logged and
         left out: its edge's rounds are skipped), or ``cd-round-timeout`` passes.
@@ -359,29 +403,14 @@ class ClonedDistillation(Strategy):
         expected = self.config.num_partitions
         deadline = time.monotonic() + self.cd.round_timeout
         failed: set[int] = set()
-        while True:
+        if self._whoami_pending:
+            self._collect_pushed_whoami(grid, failed, timeout=60)
+        while len(self.node_of_partition) < expected:
             node_ids = list(grid.get_node_ids())
             known = set(self.node_of_partition.values()) | failed
-            messages = [
-                grid.create_message(RecordDict(), f"{MessageType.QUERY}.{WHOAMI}", node, "whoami")
-                for node in node_ids
-                if node not in known
-            ]
-            for reply in grid.send_and_receive(messages, timeout=60):
-                node = reply.metadata.src_node_id
-                if reply.has_error():
-                    failed.add(node)
-                    reason = (reply.error.reason or "").strip().splitlines()
-                    log(
-                        WARNING,
-                        "cloned-distillation: node %s failed whoami (code %s): %s",
-                        node,
-                        reply.error.code,
-                        reason[-1] if reason else "",
-                    )
-                    continue
-                pid = int(reply.content[METRICS]["partition-id"])
-                self.node_of_partition[pid] = node
+            messages = [self._whoami(grid, node) for node in node_ids if node not in known]
+            for reply in grid.send_and_receive(messages, timeout=60) if messages else []:
+                self._record_whoami(reply, failed)
             answered = set(self.node_of_partition.values()) | failed
             if (
                 len(self.node_of_partition) >= expected
@@ -667,8 +696,10 @@ class ClonedDistillation(Strategy):
     ) -> Result:
         """Phase 0 on the core data, then Flower's round loop with one edge per round.
 
-        ``initial_arrays`` is ignored: the core model is built and trained at the server.
+        ``initial_arrays`` is ignored: the core model is built and trained at the server. The
+        nodes are asked for their partitions before Phase 0 and answer while it runs.
         """
+        self.request_node_map(grid)
         self.phase0()
         return super().start(
             grid,

@@ -564,3 +564,44 @@ def test_reply_that_never_comes_times_out(tiny_npz: Path, tmp_path: Path) -> Non
     assert rows[2]["num-teachers"] == 2
     assert all(math.isfinite(rows[r]["test-acc"]) for r in (0, 1, 2))
     assert [m.metadata.group_id for m in _train_messages(grid)] == ["2"]
+
+
+def test_nodes_are_asked_for_their_partitions_before_phase0(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whoami queries go out before Phase 0 and are not repeated afterwards.
+
+    Prepare: 3 in-process nodes (real ClientApp); a grid that records every pushed message's
+    type; Phase 0 wrapped to note how many queries were pushed when it starts.
+    Execute: run_experiment for 2 rounds of CPP.
+    Assert: all 3 whoami queries were pushed before Phase 0 began; exactly 3 queries were
+    delivered in the whole run (the pushed answers are used, nobody is asked twice); every
+    partition is mapped to its own node and the 2 train messages reach partitions 0 and 1.
+    """
+
+    class PushRecordingGrid(InProcessGrid):
+        pushed: list[str]
+
+        def push_messages(self, messages: Any) -> list[str]:
+            messages = list(messages)
+            self.pushed.extend(m.metadata.message_type for m in messages)
+            return super().push_messages(messages)
+
+    run_config = _run_config(tiny_npz, tmp_path, **{"cd-variant": "CPP", "num-server-rounds": 2})
+    grid = PushRecordingGrid(real_client_app, run_config, num_nodes=3)
+    grid.pushed = []
+    queries_at_phase0: list[int] = []
+    original = ClonedDistillation.phase0
+
+    def phase0(self: ClonedDistillation) -> None:
+        queries_at_phase0.append(grid.pushed.count("query.whoami"))
+        original(self)
+
+    monkeypatch.setattr(ClonedDistillation, "phase0", phase0)
+    run_experiment(grid, run_config, tmp_path / "run")
+
+    assert queries_at_phase0 == [3]
+    queries = [m for m in grid.delivered if m.metadata.message_type == "query.whoami"]
+    assert len(queries) == 3
+    trains = _train_messages(grid)
+    assert [m.metadata.dst_node_id for m in trains] == [grid.node_id_of(p) for p in (0, 1)]
