@@ -27,8 +27,9 @@ and (b)'s own timings:
 
 Usage::
 
-    python benchmarks/overhead.py                  # 3 repeats, writes benchmarks/overhead.json
-    python benchmarks/overhead.py --repeats 1 --override "num-server-rounds=3"
+    python benchmarks/overhead.py        # CEM reproduction profile, 3 repeats -> overhead.json
+    python benchmarks/overhead.py --short --out benchmarks/overhead_short.json
+                                         # a 3-round, 1-epoch cut of it: start-up dominates
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ from common import (
 
 PROCESS_STARTED = time.monotonic()
 
+# The CPU-scale reproduction profile itself (results/cloned_distillation), unshortened.
 PROFILE = "simulations/cloned-distillation/CEM.toml"
-OVERRIDE = (
+OVERRIDE = ""
+SHORT_OVERRIDE = (
     "num-server-rounds=3 local-epochs=1 cd-core-epochs=1 cd-distill-epochs=1 "
     "cd-distill-views=1 cd-ensemble-size=2"
 )
@@ -293,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", default=PROFILE, help="run-config TOML of the experiment")
     parser.add_argument(
-        "--override", default=OVERRIDE, help="run-config overrides that shorten the profile"
+        "--override", default=OVERRIDE, help="run-config overrides applied to the profile"
+    )
+    parser.add_argument(
+        "--short", action="store_true", help=f"shorten the profile with {SHORT_OVERRIDE!r}"
     )
     parser.add_argument("--out", type=Path, default=HERE / "overhead.json")
     parser.add_argument("--raw-loop", action="store_true", help=argparse.SUPPRESS)
@@ -302,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.raw_loop:
         return _raw_main(args)
+    if args.short:
+        args.override = f"{SHORT_OVERRIDE} {args.override}".strip()
     overrides = [args.profile, args.override, "seed=0"]
     repeats = []
     for repeat in range(args.repeats):

@@ -35,6 +35,14 @@ from common import (
 BENCHMARKS: dict[str, list[str]] = {
     "distill_cost": ["distill_cost.py", "--repeats", "3", "--epochs", "2", "--skip-naive"],
     "overhead": ["overhead.py", "--repeats", "3"],
+    "overhead_short": [
+        "overhead.py",
+        "--repeats",
+        "3",
+        "--short",
+        "--out",
+        str(HERE / "overhead_short.json"),
+    ],
     "scale": ["scale.py", "--repeats", "3"],
     "threads": ["threads.py", "--repeats", "3"],
     "ray_cluster": ["ray_cluster.py"],
@@ -115,15 +123,22 @@ def _summary_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _overhead_section(data: dict[str, Any] | None) -> list[str]:
-    lines = ["## 1. Framework overhead: simulation engine (Ray) against a plain loop", ""]
+def _load_note(data: dict[str, Any]) -> str:
+    load_avg = data.get("machine", {}).get("load_average_at_start")
+    return f" Load average when it started: {load_avg}." if load_avg else ""
+
+
+def _overhead_section(data: dict[str, Any] | None, title: str) -> list[str]:
+    lines = [title, ""]
     if not data:
         return [*lines, "Not measured.", ""]
     exp = data["experiment"]
     b = data["breakdown"]
+    shortened = f"with `{exp['override']}`" if exp["override"] else "as it is (not shortened)"
     lines += [
-        f"Command: `{data['command']}` ({data['date']}). Experiment: `{exp['profile']}` with "
-        f"`{exp['override']}`, seed 0, 1 torch thread everywhere, 1 CPU per virtual client. "
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} Experiment: "
+        f"`{exp['profile']}` {shortened}, seed 0, 1 torch thread everywhere, 1 CPU per "
+        "virtual client. "
         "(a) `python -m edgekd.launch` (`flwr run`, private SuperLink, Ray actors); "
         "(b) the same Phase 0, edge training (`train_supervised` with the ClientApp's seeds) "
         "and Phase 2 (`ClonedDistillation._distill_round`) in one process, no messages. "
@@ -161,13 +176,13 @@ def _overhead_section(data: dict[str, Any] | None) -> list[str]:
     ]
     fixed_median = statistics.median(fixed)
     lines += [
-        "Reading: the extra time is a fixed cost (outside the loop; Phase 0, which in (a) "
-        "runs while Ray starts its actors, presumably why it is slower there; round 1's "
-        "node mapping): median "
-        f"{fixed_median:.1f} s here; the steady rounds cost no more than in the plain loop "
-        "(their difference is within the noise of this shared machine). With that fixed cost "
-        "and no per-round cost, the ratio falls to 1.15 once the plain loop takes "
-        f"{fixed_median / 0.15:.0f} s or more (derived from the medians above, not measured).",
+        "Reading: the extra time is a fixed cost (start-up and teardown outside the loop; "
+        "Phase 0, which in (a) runs while Ray starts its actors and they answer the whoami "
+        "queries pushed before it; round 1): median "
+        f"{fixed_median:.1f} s here. Steady rounds differ from the plain loop's by the median "
+        f"per-round figure above. With a fixed cost of {fixed_median:.1f} s and no per-round "
+        "cost, the ratio is 1.15 for a plain loop of "
+        f"{fixed_median / 0.15:.0f} s (derived from the medians above, not measured).",
         "",
     ]
     return lines
@@ -179,7 +194,8 @@ def _distill_section(data: dict[str, Any] | None) -> list[str]:
         return [*lines, "Not measured.", ""]
     settings = data["settings"]
     lines += [
-        f"Command: `{data['command']}` ({data['date']}). One Phase-2 round as the strategy runs "
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} "
+        "One Phase-2 round as the strategy runs "
         f"it: the P new teachers' logits on the pool, then `distill` against all M·P cached "
         f"teachers; {settings['model']}, {settings['core_size']} core images, "
         f"{settings['epochs']} epochs, batch {settings['batch_size']}, "
@@ -206,7 +222,8 @@ def _scale_section(data: dict[str, Any] | None) -> list[str]:
         return [*lines, "Not measured.", ""]
     s = data["settings"]
     lines += [
-        f"Command: `{data['command']}` ({data['date']}). Engine: {data['engine']}; "
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} "
+        f"Engine: {data['engine']}; "
         f"{s['strategy']}, model {s['model']}, {s['rounds']} rounds, data `{s['data']}`, "
         f"{s['partitioner']}, one SuperNode per edge, 1 CPU per virtual client. "
         "Time per round: median over rounds ≥ 2 of the ServerApp's clock (round 1 also asks "
@@ -247,7 +264,8 @@ def _threads_section(data: dict[str, Any] | None) -> list[str]:
     if not data:
         return [*lines, "Not measured.", ""]
     lines += [
-        f"Command: `{data['command']}` ({data['date']}). A Ray actor created like Flower's "
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} "
+        "A Ray actor created like Flower's "
         "virtual clients (`options(num_cpus=...)`) on a private 2-CPU Ray instance reports "
         "what the ClientApp sees (`client-threads = 0`).",
         "",
@@ -287,7 +305,8 @@ def _ray_section(data: dict[str, Any] | None) -> list[str]:
     nodes = data.get("nodes", [])
     node_text = ", ".join(f"{n['address']} {n['cpus']:.0f} CPU" for n in nodes)
     lines += [
-        f"Command: `{data['command']}` ({data['date']}). Head: `{data['head_command']}`; "
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} "
+        f"Head: `{data['head_command']}`; "
         f"worker: `{data['worker_command']}`; simulation: `python -m edgekd.launch` with "
         f"`RAY_ADDRESS={data['address']}`.",
         "",
@@ -316,17 +335,23 @@ def write_readme(results: dict[str, Any]) -> None:
         "edit by hand. Each section names the command that produced its figures.",
         "",
         f"Machine: {m['cpu_cores']} CPU cores, {m['memory_gb']} GB RAM, {m['accelerator']}, "
-        f"{m['platform']}; {versions}. Date: {results['date']}. The machine was shared with "
-        "other heavy jobs while measuring (load average at report time "
-        f"{m['load_average_at_start']}), so absolute seconds are noisy: every comparison is a "
-        "ratio taken within one repeat, and the tables give the median and the min-max over "
-        "repeats.",
+        f"{m['platform']}; {versions}. Report date: {results['date']}. The machine may be "
+        "shared with other jobs (each section gives the load average when its benchmark "
+        "started), so absolute seconds are noisy: every comparison is a ratio taken within "
+        "one repeat, and the tables give the median and the min-max over repeats.",
         "",
         "## Headline figures (`results.json`)",
         "",
         *_summary_table(results),
         "",
-        *_overhead_section(load("overhead")),
+        *_overhead_section(
+            load("overhead"),
+            "## 1. Framework overhead: simulation engine (Ray) against a plain loop",
+        ),
+        *_overhead_section(
+            load("overhead_short"),
+            "### 1b. The same, on a 3-round, 1-epoch cut of the profile (start-up dominates)",
+        ),
         *_distill_section(load("distill_cost")),
         *_scale_section(load("scale")),
         *_threads_section(load("threads")),

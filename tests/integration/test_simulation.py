@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -79,3 +80,82 @@ def test_async_late_edge_consumed_rounds_later(tiny_npz: Path, tmp_path: Path) -
     assert len(late) == 1 and late[0]["status"] == "ok"
     assert late[0]["dispatch-round"] == 1
     assert late[0]["staleness"] >= 1, late
+
+
+CRASHING_CLIENT = '''"""edgekd's ClientApp, but partition 1's process dies while training."""
+
+import os
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from edgekd.clients.app import app as real_app
+
+app = ClientApp()
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    if int(context.node_config["partition-id"]) == 1:
+        os._exit(17)  # a hard crash: no exception, no reply, the Ray actor dies
+    return real_app(message, context)
+
+
+@app.query("whoami")
+def whoami(message: Message, context: Context) -> Message:
+    return real_app(message, context)
+'''
+
+
+@pytest.mark.integration
+def test_crashed_client_process_leaves_core_untouched(tiny_npz: Path, tmp_path: Path) -> None:
+    """Through Ray, an edge whose ClientApp process dies mid-round never touches the core.
+
+    Prepare: an app directory with this repo's pyproject.toml whose ClientApp is a module that
+    calls os._exit in partition 1's train handler (the Ray actor running it dies); cloned
+    distillation CPP over 3 edges, 3 rounds.
+    Execute: the launcher (flwr run, simulation engine, Ray).
+    Assert: the run completes; round 1 is ok; round 2 (edge 1) is rejected with Flower's
+    error reply for a dead actor (code 0, ActorDiedError) and its test loss equals round 1's
+    (core unchanged); round 3 is ok or rejected the same way with the core unchanged; every
+    test-acc is finite; no process of the run is left.
+    """
+    app = tmp_path / "crashapp"
+    app.mkdir()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = pyproject.replace(
+        'clientapp = "edgekd.clients.app:app"', 'clientapp = "crashing_client:app"'
+    )
+    assert "crashing_client:app" in pyproject
+    (app / "pyproject.toml").write_text(pyproject)
+    (app / "crashing_client.py").write_text(CRASHING_CLIENT)
+    out_dir = tmp_path / "results"
+    overrides = (
+        f"strategy='cloned-distillation' dataset='npz' npz-path='{tiny_npz}' "
+        "core-fraction=0.25 num-partitions=3 num-server-rounds=3 cd-variant='CPP' "
+        "cd-core-epochs=1 cd-distill-epochs=1 local-epochs=1 batch-size=16 "
+        f"cd-round-timeout=120.0 output-dir='{out_dir}'"
+    )
+    code = launch(
+        app,
+        [overrides],
+        federation_config="num-supernodes=3 client-resources-num-cpus=1",
+        timeout=540,
+        flwr_home=tmp_path / "flwr-home",
+    )
+    assert code == 0
+    (run_dir,) = list(out_dir.iterdir())
+    rows = {row["round"]: row for row in json.loads((run_dir / "metrics.json").read_text())}
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert rows[1]["edge-status"] == "ok"
+    assert rows[2]["edge"] == 1
+    assert rows[2]["edge-status"].startswith("rejected: edge replied with error 0")
+    assert "ActorDiedError" in rows[2]["edge-status"]
+    assert rows[2]["test-loss"] == rows[1]["test-loss"]
+    # Flower's engine does not replace a dead actor: a later message that Ray hands to it
+    # fails the same way (and must leave the core alone too); one on the other actor is ok.
+    if rows[3]["edge-status"] != "ok":
+        assert rows[3]["edge-status"].startswith("rejected: edge replied with error 0")
+        assert rows[3]["test-loss"] == rows[2]["test-loss"]
+    assert all(math.isfinite(rows[r]["test-acc"]) for r in rows)
+    assert _processes_of_run(tmp_path / "flwr-home") == [], "the launcher left processes behind"
