@@ -124,7 +124,8 @@ def _summary_table(results: dict[str, Any]) -> list[str]:
 
 
 def _load_note(data: dict[str, Any]) -> str:
-    load_avg = data.get("machine", {}).get("load_average_at_start")
+    machine_info = data.get("machine")
+    load_avg = machine_info.get("load_average_at_start") if isinstance(machine_info, dict) else None
     return f" Load average when it started: {load_avg}." if load_avg else ""
 
 
