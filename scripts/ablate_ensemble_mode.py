@@ -2,14 +2,16 @@
 
 The reproduction (``reproduce_cloned_distillation.py``) counts an edge's P clones as P
 teachers (``members``, the paper's sum over models), so the KD term of E variants weighs P
-times as much against the core's CE as that of P variants. This script runs CEP and CEM again
-with ``cd-ensemble-mode = "average"`` (one teacher per edge: the mean of its P clones' logits),
-the same seeds, profiles and schedule, and sets them beside the ``members`` numbers of
-``results/cloned_distillation/summary.json`` (paired per seed: same Phase 0, same edges).
-Runs go to ``results/cloned_distillation/runs/<variant>-average-seed<s>`` (skipped when done);
-the result is ``results/cloned_distillation/ensemble_mode.json`` and a table on stdout.
+times as much against the core's CE as that of P variants. This script runs CEP and CEM with
+``cd-ensemble-mode = "members"`` and ``"average"`` (one teacher per edge: the mean of its P
+clones' logits), the same seeds, profiles and schedule, on this machine, so that the two modes
+are paired per seed (same Phase 0, same edges). Both modes run here rather than reusing
+``summary.json``: the same code and seed give other numbers on another processor (see
+``results/cloned_distillation/README.md``). Runs go to
+``results/cloned_distillation/runs/<variant>-<mode>-seed<s>`` (skipped when done); the result
+is ``results/cloned_distillation/ensemble_mode.json`` and a table on stdout.
 
-    python scripts/ablate_ensemble_mode.py --workers 2          # 6 runs, seeds 0 1 2
+    python scripts/ablate_ensemble_mode.py --workers 2          # 12 runs, seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -29,11 +31,23 @@ PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ("CEP", "CEM")
 
 
-def run_average(variant: str, seed: int) -> Path:
-    """``variant`` with one averaged teacher per edge, seed ``seed``."""
-    run_dir = OUT / "runs" / f"{variant}-average-seed{seed}"
-    extra = ["cd-ensemble-mode='average'"]
+MODES = ("members", "average")
+
+
+def run_mode(variant: str, mode: str, seed: int) -> Path:
+    """``variant`` with ``cd-ensemble-mode = mode``, seed ``seed``."""
+    run_dir = OUT / "runs" / f"{variant}-{mode}-seed{seed}"
+    extra = [f"cd-ensemble-mode='{mode}'"]
     return run_profile(PROFILES / f"{variant}.toml", seed, run_dir, extra)
+
+
+def mode_stats(variant: str, mode: str, seeds: list[int]) -> dict[str, Any]:
+    """Final and Phase-0 accuracy of one variant and mode over ``seeds``."""
+    curves = [load_curve(OUT / "runs" / f"{variant}-{mode}-seed{s}") for s in seeds]
+    stats = final_stats([c[-1] for c in curves], seeds)
+    stats["phase0_per_seed"] = [c[0] for c in curves]
+    stats["curve_mean"] = [statistics.fmean(v) for v in zip(*curves, strict=True)]
+    return stats
 
 
 def main() -> int:
@@ -44,17 +58,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    members = json.loads((OUT / "summary.json").read_text())["variants"]
-    for variant in VARIANTS:
-        if members[variant]["seeds"] != args.seeds:
-            parser.error(
-                f"summary.json has {variant} for seeds {members[variant]['seeds']}, "
-                f"not {args.seeds}: rerun reproduce_cloned_distillation.py with these seeds"
-            )
-    jobs = [(v, s) for s in args.seeds for v in VARIANTS]
+    jobs = [(v, m, s) for s in args.seeds for v in VARIANTS for m in MODES]
     print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
     with ThreadPoolExecutor(args.workers) as pool:
-        for future in [pool.submit(run_average, v, s) for v, s in jobs]:
+        for future in [pool.submit(run_mode, v, m, s) for v, m, s in jobs]:
             future.result()
     result: dict[str, Any] = {"seeds": args.seeds, "variants": {}}
     lines = [
@@ -62,24 +69,20 @@ def main() -> int:
         "| --- | --- | --- | --- |",
     ]
     for variant in VARIANTS:
-        curves = [load_curve(OUT / "runs" / f"{variant}-average-seed{s}") for s in args.seeds]
-        average = final_stats([c[-1] for c in curves], args.seeds)
-        average["curve_mean"] = [statistics.fmean(v) for v in zip(*curves, strict=True)]
-        paired = [
-            a - m for a, m in zip(average["per_seed"], members[variant]["per_seed"], strict=True)
-        ]
+        members, average = (mode_stats(variant, m, args.seeds) for m in MODES)
+        if members["phase0_per_seed"] != average["phase0_per_seed"]:
+            raise RuntimeError(f"{variant}: the two modes did not start from the same Phase 0")
+        paired = [a - m for a, m in zip(average["per_seed"], members["per_seed"], strict=True)]
         result["variants"][variant] = {
-            "members": {k: members[variant][k] for k in ("final_acc_mean", "final_acc_std")}
-            | {"per_seed": members[variant]["per_seed"]},
+            "members": members,
             "average": average,
             "paired_difference": paired,
             "paired_difference_mean": statistics.fmean(paired),
         }
         lines.append(
-            f"| {variant} | {members[variant]['final_acc_mean']:.4f} ± "
-            f"{members[variant]['final_acc_std']:.4f} | {average['final_acc_mean']:.4f} ± "
-            f"{average['final_acc_std']:.4f} | {', '.join(f'{d:+.3f}' for d in paired)} "
-            f"(mean {statistics.fmean(paired):+.4f}) |"
+            f"| {variant} | {members['final_acc_mean']:.4f} ± {members['final_acc_std']:.4f} "
+            f"| {average['final_acc_mean']:.4f} ± {average['final_acc_std']:.4f} "
+            f"| {', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}) |"
         )
     result["command"] = "python scripts/ablate_ensemble_mode.py " + " ".join(sys.argv[1:])
     (OUT / "ensemble_mode.json").write_text(json.dumps(result, indent=2) + "\n")

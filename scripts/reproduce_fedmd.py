@@ -8,7 +8,7 @@ and real Flower messages in one process, 1 torch thread), ``--workers`` runs sid
 Finished runs are kept and skipped when the script is started again. Then summary.json,
 README.md (tables; text after the ``<!-- discussion -->`` marker is kept) and accuracy.png.
 
-    python scripts/reproduce_fedmd.py --workers 1          # the full table: 22 runs of ~2 min
+    python scripts/reproduce_fedmd.py --workers 2          # the full table: 22 runs of ~2 min
     python scripts/reproduce_fedmd.py --seeds 0 --alphas 0.1 --r-sweep --fedavg-seeds
 """
 
