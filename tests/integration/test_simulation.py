@@ -31,6 +31,33 @@ def _processes_of_run(flwr_home: Path) -> list[str]:
     return [line for line in out.stdout.splitlines() if any(n in line for n in needles)]
 
 
+THREE_EDGES = (
+    "core-fraction=0.25 num-partitions=3 num-server-rounds=3 cd-variant='CPP' "
+    "cd-core-epochs=1 cd-distill-epochs=1 local-epochs=1 batch-size=16"
+)
+
+
+def _launch_three_edges(app: Path, tiny_npz: Path, tmp_path: Path, overrides: str) -> Path:
+    """3 CPP rounds over 3 edges of the tiny npz via the launcher (3 SuperNodes, 1 CPU each).
+
+    Asserts that the run completed and returns its results directory.
+    """
+    out_dir = tmp_path / "results"
+    run_config = (
+        f"dataset='npz' npz-path='{tiny_npz}' {THREE_EDGES} {overrides} output-dir='{out_dir}'"
+    )
+    code = launch(
+        app,
+        [run_config],
+        federation_config="num-supernodes=3 client-resources-num-cpus=1",
+        timeout=540,
+        flwr_home=tmp_path / "flwr-home",
+    )
+    assert code == 0
+    (run_dir,) = list(out_dir.iterdir())
+    return run_dir
+
+
 @pytest.mark.integration
 def test_fedavg_two_rounds_through_simulation_engine(tiny_npz: Path, tmp_path: Path) -> None:
     """2 FedAvg rounds on 2 virtual clients via flwr run + Ray write per-round metrics.
@@ -58,23 +85,13 @@ def test_fedavg_two_rounds_through_simulation_engine(tiny_npz: Path, tmp_path: P
 @pytest.mark.integration
 def test_async_late_edge_consumed_rounds_later(tiny_npz: Path, tmp_path: Path) -> None:
     """Through Ray, an edge whose ClientApp sleeps is distilled rounds after its dispatch."""
-    out_dir = tmp_path / "results"
-    overrides = (
-        f"strategy='async-cloned-distillation' dataset='npz' npz-path='{tiny_npz}' "
-        "core-fraction=0.25 num-partitions=3 num-server-rounds=3 cd-variant='CPP' "
-        "cd-core-epochs=1 cd-distill-epochs=1 local-epochs=1 batch-size=16 "
-        "sim-lag-edges='0:25' async-round-wait=4.0 async-final-wait=120.0 "
-        f"output-dir='{out_dir}'"
-    )
-    code = launch(
+    run_dir = _launch_three_edges(
         ROOT,
-        [overrides],
-        federation_config="num-supernodes=3 client-resources-num-cpus=1",
-        timeout=540,
-        flwr_home=tmp_path / "flwr-home",
+        tiny_npz,
+        tmp_path,
+        "strategy='async-cloned-distillation' sim-lag-edges='0:25' async-round-wait=4.0 "
+        "async-final-wait=120.0",
     )
-    assert code == 0
-    (run_dir,) = list(out_dir.iterdir())
     teachers = json.loads((run_dir / "teachers.json").read_text())
     late = [t for t in teachers if t["edge"] == 0]
     assert len(late) == 1 and late[0]["status"] == "ok"
@@ -129,22 +146,9 @@ def test_crashed_client_process_leaves_core_untouched(tiny_npz: Path, tmp_path: 
     assert "crashing_client:app" in pyproject
     (app / "pyproject.toml").write_text(pyproject)
     (app / "crashing_client.py").write_text(CRASHING_CLIENT)
-    out_dir = tmp_path / "results"
-    overrides = (
-        f"strategy='cloned-distillation' dataset='npz' npz-path='{tiny_npz}' "
-        "core-fraction=0.25 num-partitions=3 num-server-rounds=3 cd-variant='CPP' "
-        "cd-core-epochs=1 cd-distill-epochs=1 local-epochs=1 batch-size=16 "
-        f"cd-round-timeout=120.0 output-dir='{out_dir}'"
+    run_dir = _launch_three_edges(
+        app, tiny_npz, tmp_path, "strategy='cloned-distillation' cd-round-timeout=120.0"
     )
-    code = launch(
-        app,
-        [overrides],
-        federation_config="num-supernodes=3 client-resources-num-cpus=1",
-        timeout=540,
-        flwr_home=tmp_path / "flwr-home",
-    )
-    assert code == 0
-    (run_dir,) = list(out_dir.iterdir())
     rows = {row["round"]: row for row in json.loads((run_dir / "metrics.json").read_text())}
     assert sorted(rows) == [0, 1, 2, 3]
     assert rows[1]["edge-status"] == "ok"
