@@ -316,7 +316,7 @@ ROOT_EXCLUDED_DIRS = frozenset(
 
 
 def stage_app(app: Path, dest: Path) -> Path:
-    """Copy the files of ``app`` that can go into its FAB into ``dest``; return ``dest``.
+    """Copy the files of ``app`` that can go into its FAB into a fresh ``dest``; return it.
 
     ``flwr run`` reads every file below the app directory before it filters them (43,545 files,
     3.4 s, with the README's ``.venv`` inside the app). This walk prunes the directories whose
@@ -333,7 +333,9 @@ def stage_app(app: Path, dest: Path) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)
         ignored = pathspec.PathSpec.from_lines("gitwildmatch", lines)
         ignored.match_file("")  # compiles the patterns (and warns) now
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists():  # a kept --flwr-home: files deleted from the app must not linger
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
     for dirpath, dirnames, filenames in os.walk(app, followlinks=False):
         here = Path(dirpath)
         rel_dir = here.relative_to(app)

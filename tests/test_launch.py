@@ -80,9 +80,10 @@ def test_staged_app_packs_into_the_same_fab(tmp_path: Path) -> None:
     .gitignore ignoring results/runs/, .ci-venv/ and *.npz, and what FAB building throws away:
     .venv and .ci-venv (pyvenv.cfg plus .py files), __pycache__, an ignored results directory
     holding JSON, an npz and a PNG; and a .git with a JSON file (which Flower does pack).
-    Execute: stage_app, then Flower's build_fab_from_disk on the original and the copy.
-    Assert: the two FABs hold the same members with the same bytes; the copy holds none of the
-    pruned directories (nothing of them was walked into it).
+    Execute: stage_app into a directory left with a stale file by an earlier run, then
+    Flower's build_fab_from_disk on the original and the copy.
+    Assert: the two FABs hold the same members with the same bytes (the stale file is gone);
+    the copy holds none of the pruned directories (nothing of them was walked into it).
     """
     app = tmp_path / "app"
     (app / "pkg").mkdir(parents=True)
@@ -108,6 +109,8 @@ def test_staged_app_packs_into_the_same_fab(tmp_path: Path) -> None:
     (app / "pkg" / "__pycache__").mkdir()
     (app / "pkg" / "__pycache__" / "x.py").write_text("pass\n")
 
+    (tmp_path / "staged").mkdir()
+    (tmp_path / "staged" / "stale.py").write_text("left by an earlier run\n")
     staged = stage_app(app, tmp_path / "staged")
 
     original = _fab_members(app)
