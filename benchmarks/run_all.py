@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, list[str]] = {
         "--out",
         str(HERE / "overhead_short.json"),
     ],
+    "fab_staging": ["fab_staging.py", "--repeats", "3"],
     "scale": ["scale.py", "--repeats", "3"],
     "threads": ["threads.py", "--repeats", "3"],
     "ray_cluster": ["ray_cluster.py"],
@@ -187,6 +188,29 @@ def _overhead_section(data: dict[str, Any] | None, title: str) -> list[str]:
         "",
     ]
     return lines
+
+
+def _fab_section(data: dict[str, Any] | None) -> list[str]:
+    lines = ["### 1c. Packing the app: `flwr run APP` against the launcher's staged copy", ""]
+    if not data:
+        return [*lines, "Not measured.", ""]
+    return [
+        *lines,
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} Flower's "
+        "`build_fab_from_disk` on the repository (with its `.venv`) against "
+        "`edgekd.launch.stage_app` plus `build_fab_from_disk` of the copy, in one process.",
+        "",
+        "| quantity | value |",
+        "| --- | --- |",
+        f"| files below the app directory | {data['files_below_app']:,} |",
+        f"| files staged | {data['files_staged']:,} |",
+        f"| FAB members | {data['fab_members']} |",
+        f"| `flwr run APP` packing, s | {spread(data['direct_s'], 2)} |",
+        f"| stage + pack, s | {spread(data['staged_s'], 2)} |",
+        f"| speed-up | {spread(data['speedup'], 0)} |",
+        f"| identical FAB | {data['same_fab']} |",
+        "",
+    ]
 
 
 def _distill_section(data: dict[str, Any] | None) -> list[str]:
@@ -353,6 +377,7 @@ def write_readme(results: dict[str, Any]) -> None:
             load("overhead_short"),
             "### 1b. The same, on a 3-round, 1-epoch cut of the profile (start-up dominates)",
         ),
+        *_fab_section(load("fab_staging")),
         *_distill_section(load("distill_cost")),
         *_scale_section(load("scale")),
         *_threads_section(load("threads")),

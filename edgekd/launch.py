@@ -9,8 +9,8 @@ launcher does the same run without either problem:
 2. writes a connection for it into that ``FLWR_HOME`` (the user's ``~/.flwr`` is untouched);
 3. copies the files that go into the app's FAB into a staging directory, pruning what Flower
    would walk only to throw away (``.venv``, ``__pycache__``, Flower's other built-in
-   excludes and ``.gitignore``-d directories: a ``.venv`` inside the app cost ``flwr run`` 3.4 s of
-   directory walking);
+   excludes and ``.gitignore``-d directories; ``benchmarks/fab_staging.py`` measures the
+   difference);
 4. calls ``flwr run STAGED edgekd-local --stream`` with your ``--run-config`` and
    ``--federation-config`` (``num-supernodes`` defaults to the run's ``num-partitions``,
    ``client-resources-num-cpus`` to 1). ``flwr run`` refuses a TOML file next to ``key=value``
@@ -318,12 +318,12 @@ ROOT_EXCLUDED_DIRS = frozenset(
 def stage_app(app: Path, dest: Path) -> Path:
     """Copy the files of ``app`` that can go into its FAB into a fresh ``dest``; return it.
 
-    ``flwr run`` reads every file below the app directory before it filters them (43,545 files,
-    3.4 s, with the README's ``.venv`` inside the app). This walk prunes the directories whose
-    files Flower drops anyway: ``__pycache__``, Flower's built-in root excludes (``.venv``,
-    ``build``, ...) and directories ignored by the app's ``.gitignore`` (CI's ``.ci-venv``,
-    ``results/runs``). It copies files with the FAB's suffixes, ``LICENSE`` and
-    ``.gitignore``; Flower then applies its own rules to the copy, so the FAB is the same.
+    ``flwr run`` reads every file below the app directory before it filters them, the README's
+    ``.venv`` inside the app included (``benchmarks/fab_staging.py``). This walk prunes the
+    directories whose files Flower drops anyway: ``__pycache__``, Flower's built-in root
+    excludes (``.venv``, ``build``, ...) and directories ignored by the app's ``.gitignore``
+    (CI's ``.ci-venv``, ``results/runs``). It copies files with the FAB's suffixes, ``LICENSE``
+    and ``.gitignore``; Flower then applies its own rules to the copy, so the FAB is the same.
     """
     import pathspec
 
@@ -332,7 +332,6 @@ def stage_app(app: Path, dest: Path) -> Path:
     with warnings.catch_warnings():  # Flower's own FAB filter uses "gitwildmatch" too
         warnings.simplefilter("ignore", DeprecationWarning)
         ignored = pathspec.PathSpec.from_lines("gitwildmatch", lines)
-        ignored.match_file("")  # compiles the patterns (and warns) now
     if dest.exists():  # a kept --flwr-home: files deleted from the app must not linger
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, final_stats, load_curve, run_profile
+from repro_common import ROOT, final_stats, load_curve, load_rows, run_profile
 
 OUT = ROOT / "results" / "cloned_distillation"
 PROFILES = ROOT / "simulations" / "cloned-distillation"
@@ -47,6 +47,15 @@ def mode_stats(variant: str, mode: str, seeds: list[int]) -> dict[str, Any]:
     stats = final_stats([c[-1] for c in curves], seeds)
     stats["phase0_per_seed"] = [c[0] for c in curves]
     stats["curve_mean"] = [statistics.fmean(v) for v in zip(*curves, strict=True)]
+    rows = [r for s in seeds for r in load_rows(OUT / "runs" / f"{variant}-{mode}-seed{s}")]
+    edges = [r for r in rows if r.get("teacher-accs") and r.get("edge-status") == "ok"]
+    # teacher-accs: the test accuracies of this round's edge's P clones
+    stats["clone_acc_spread_mean"] = statistics.fmean(
+        max(r["teacher-accs"]) - min(r["teacher-accs"]) for r in edges
+    )
+    stats["ensemble_minus_mean_clone"] = statistics.fmean(
+        r["teacher-ensemble-acc"] - r["teacher-acc-mean"] for r in edges
+    )
     return stats
 
 
