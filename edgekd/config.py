@@ -93,6 +93,7 @@ class ExperimentConfig:
     fraction_evaluate: float = 0.0
     min_available_nodes: int = 2
     proximal_mu: float = 0.01
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         """Validate ranges; names are checked against the registries by the server."""

@@ -251,7 +251,7 @@ def private_superlink(flwr_home: Path) -> Iterator[str]:
         _stop(process, port)
 
 
-PATH_KEYS = ("npz-path", "data-dir", "output-dir")
+PATH_KEYS = ("npz-path", "data-dir", "output-dir", "cache-dir")
 
 
 def _absolute_paths(config: dict[str, Any]) -> dict[str, str]:

@@ -16,6 +16,7 @@ answered with an error reply: the server leaves the node out and the run goes on
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from edgekd.cache import TrainingCache, run_description, state_digest
 from edgekd.config import ExperimentConfig, SimulatedEdges, config_value
 from edgekd.datasets import default_padding, load_dataset, to_tensors
 from edgekd.experiment import TensorData, client_data
@@ -188,47 +190,38 @@ def train_local(
     *,
     label_noise: str = "none",
     label_noise_p: float = 0.0,
+    cache_context: Mapping[str, Any] | None = None,
 ) -> tuple[list[ArrayRecord], MetricRecord]:
     """Train ``local.ensemble_size`` models (one per batch order) from ``arrays``.
 
     Returns the trained models' arrays and the mean train loss/accuracy over the members.
     ``label_noise``/``label_noise_p`` corrupt the training batches (simulated noisy edge).
+    With ``cache-dir`` set, each member's result is stored under a key of everything that
+    decides it (received weights, schedule, seeds, data, plus ``cache_context``: which
+    partition or which node's own file) and loaded, bit for bit, when a run repeats it.
     """
     state = arrays.to_torch_state_dict()
-    flip = int(data.x.shape[-1]) >= 16
+    cache = TrainingCache(cfg.cache_dir)
+    base = {
+        **(cache_context or {}),
+        "config": run_description(cfg),
+        "local": dataclasses.asdict(local),
+        "received": state_digest(state) if cache.enabled else "",
+        "noise": [label_noise, label_noise_p],
+    }
     members: list[ArrayRecord] = []
     losses, accs = [], []
     for member in range(local.ensemble_size):
-        if local.init == "scratch":
-            model = model_for_arrays(cfg, state, data, seed=local.init_seed + member)
-        else:
-            model = model_for_arrays(cfg, state, data)
-            model.load_state_dict(state, strict=True)
-        global_params = (
-            [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
+        stored = cache.get_or_compute(
+            "edge",
+            {**base, "member": member},
+            lambda member=member: _train_member(
+                state, data, local, cfg, member, label_noise, label_noise_p
+            ),
         )
-        result = train_supervised(
-            model,
-            data.x,
-            data.y,
-            epochs=local.epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            momentum=local.momentum,
-            weight_decay=local.weight_decay,
-            seed=local.seed + 7_919 * member,
-            augment=cfg.augment,
-            padding=data.padding,
-            flip=flip,
-            lr_schedule=local.lr_schedule,
-            proximal_mu=local.proximal_mu,
-            global_params=global_params,
-            label_noise=label_noise,
-            label_noise_p=label_noise_p,
-        )
-        members.append(ArrayRecord(model.state_dict()))
-        losses.append(result.loss)
-        accs.append(result.accuracy)
+        members.append(ArrayRecord(stored["state"]))
+        losses.append(float(stored["loss"]))
+        accs.append(float(stored["accuracy"]))
     metrics = MetricRecord(
         {
             "num-examples": len(data),
@@ -238,6 +231,47 @@ def train_local(
         }
     )
     return members, metrics
+
+
+def _train_member(
+    state: Mapping[str, torch.Tensor],
+    data: TensorData,
+    local: LocalTrainConfig,
+    cfg: ExperimentConfig,
+    member: int,
+    label_noise: str,
+    label_noise_p: float,
+) -> dict[str, Any]:
+    """Train ensemble member ``member``; return its state dict, loss and accuracy."""
+    flip = int(data.x.shape[-1]) >= 16
+    if local.init == "scratch":
+        model = model_for_arrays(cfg, state, data, seed=local.init_seed + member)
+    else:
+        model = model_for_arrays(cfg, state, data)
+        model.load_state_dict(state, strict=True)
+    global_params = (
+        [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
+    )
+    result = train_supervised(
+        model,
+        data.x,
+        data.y,
+        epochs=local.epochs,
+        batch_size=local.batch_size,
+        lr=local.lr,
+        momentum=local.momentum,
+        weight_decay=local.weight_decay,
+        seed=local.seed + 7_919 * member,
+        augment=cfg.augment,
+        padding=data.padding,
+        flip=flip,
+        lr_schedule=local.lr_schedule,
+        proximal_mu=local.proximal_mu,
+        global_params=global_params,
+        label_noise=label_noise,
+        label_noise_p=label_noise_p,
+    )
+    return {"state": model.state_dict(), "loss": result.loss, "accuracy": result.accuracy}
 
 
 @app.train()
@@ -258,6 +292,10 @@ def train(msg: Message, context: Context) -> Message:
         cfg,
         label_noise=simulated.noise_mode if noisy else "none",
         label_noise_p=simulated.noise_p if noisy else 0.0,
+        cache_context={
+            "partition": partition_id,
+            "node-data": str(context.node_config.get(NODE_DATA_KEY, "")),
+        },
     )
     metrics["partition-id"] = partition_id
     metrics["simulated-noisy"] = int(noisy)

@@ -30,6 +30,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from edgekd.cache import TrainingCache, run_description, state_digest
 from edgekd.config import ExperimentConfig, config_value
 from edgekd.distillation import DistillPool, distill, make_distill_pool, pool_logits
 from edgekd.experiment import TensorData, build_experiment_model, core_data, test_data
@@ -38,7 +39,7 @@ from edgekd.models import EdgeKDModel
 from edgekd.protocol import ARRAYS, CONFIG, METRICS, WHOAMI, member_key
 from edgekd.results import RunRecorder
 from edgekd.strategies.registry import StrategyContext, register_strategy
-from edgekd.training import evaluate, predict_logits, train_supervised
+from edgekd.training import TrainResult, evaluate, predict_logits, train_supervised
 
 __all__ = ["ClonedDistillation", "ClonedDistillationConfig", "EdgeTeacher", "parse_variant"]
 
@@ -46,6 +47,7 @@ EDGE_INITS = ("clone", "independent", "scratch")
 EDGE_ORDERS = ("round-robin", "permutation")
 DETECT_POLICIES = ("off", "flag", "downweight", "reject")
 ENSEMBLE_MODES = ("members", "average")
+CONTROL = "control"
 
 
 def parse_variant(variant: str) -> tuple[str, bool, bool]:
@@ -55,8 +57,13 @@ def parse_variant(variant: str) -> tuple[str, bool, bool]:
     ``"IPM"`` -> ("independent", False, True). First letter(s): C (clone), I (independent,
     trained on the core data with another seed), Is (trained from scratch at the edge);
     second: E (cloned perturbation ensemble) or P (plain); third: M (temporal memory) or P.
+    ``"control"`` is the no-teacher control: no edge is contacted and every round runs Phase 2
+    with the cross-entropy term only (same schedule), so a variant's gain over it is what its
+    teachers add beyond the extra training on the core data.
     """
     name = variant.strip()
+    if name == CONTROL:
+        return "clone", False, False
     if name.startswith("Is"):
         init, rest = "scratch", name[2:]
     elif name[:1] == "I":
@@ -68,7 +75,7 @@ def parse_variant(variant: str) -> tuple[str, bool, bool]:
     if init == "" or len(rest) != 2 or rest[0] not in "EP" or rest[1] not in "MP":
         raise ValueError(
             f"unknown cloned-distillation variant {variant!r}; expected C|I|Is + E|P + M|P, "
-            "e.g. CEM, CPP, IEP, IsPP"
+            f"e.g. CEM, CPP, IEP, IsPP, or {CONTROL!r} (no teacher)"
         )
     return init, rest[0] == "E", rest[1] == "M"
 
@@ -186,6 +193,11 @@ class ClonedDistillationConfig:
         return cls(**values)
 
     @property
+    def is_control(self) -> bool:
+        """The no-teacher control (``cd-variant = "control"``)."""
+        return self.variant.strip() == CONTROL
+
+    @property
     def teachers_per_edge(self) -> int:
         """Teachers one edge contributes to the distillation loss."""
         return self.ensemble_size if self.ensemble_mode == "members" else 1
@@ -299,8 +311,26 @@ class ClonedDistillation(Strategy):
         return ArrayRecord(model.state_dict())
 
     def _train_on_core(self, model: torch.nn.Module, seed: int) -> float:
+        """Phase 0 for ``model`` (loaded from ``cache-dir`` when an identical run stored it)."""
         if self.cd.core_epochs == 0:
             return evaluate(model, self.core.x, self.core.y).accuracy
+        description = {
+            "config": run_description(self.config),
+            "core-epochs": self.cd.core_epochs,
+            "core-lr": self.cd.core_lr,
+            "seed": seed,
+            "initial": state_digest(model.state_dict()),
+        }
+
+        def train() -> dict[str, Any]:
+            accuracy = self._fit_core(model, seed)
+            return {"state": model.state_dict(), "accuracy": accuracy}
+
+        stored = TrainingCache(self.config.cache_dir).get_or_compute("phase0", description, train)
+        model.load_state_dict(stored["state"])
+        return float(stored["accuracy"])
+
+    def _fit_core(self, model: torch.nn.Module, seed: int) -> float:
         result = train_supervised(
             model,
             self.core.x,
@@ -432,6 +462,9 @@ class ClonedDistillation(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One message, to this round's edge, carrying the model it starts from."""
+        if self.cd.is_control:
+            self._current_edge = None
+            return []
         if not self.node_of_partition:
             self._map_nodes(grid)
         edge = self.edge_for_round(server_round)
@@ -510,6 +543,8 @@ class ClonedDistillation(Strategy):
         replies = list(replies)
         edge = self._current_edge
         metrics: dict[str, Any] = {"edge": edge if edge is not None else -1}
+        if self.cd.is_control:
+            return self._control_round(server_round, metrics)
         if not replies:
             log(
                 WARNING,
@@ -549,6 +584,56 @@ class ClonedDistillation(Strategy):
             return None, None
         return self._state(self.model), MetricRecord(
             {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        )
+
+    def _control_round(
+        self, server_round: int, metrics: dict[str, Any]
+    ) -> tuple[ArrayRecord, MetricRecord]:
+        """No-teacher control: Phase 2's schedule with the cross-entropy term only."""
+        assert self.pool is not None, "phase0() must run before the first round"
+        acc_before = evaluate(self.model, self.test.x, self.test.y).accuracy
+        no_teachers = torch.empty(0, len(self.pool.x), int(self.pool.y.max()) + 1)
+        result = self._run_distill(server_round, no_teachers, torch.empty(0))
+        acc_after = evaluate(self.model, self.test.x, self.test.y).accuracy
+        log(
+            INFO,
+            "cloned-distillation: round %s (control, no teacher): core %.4f -> %.4f",
+            server_round,
+            acc_before,
+            acc_after,
+        )
+        metrics.update(
+            {
+                "edge-status": "control",
+                "core-acc-before": acc_before,
+                "core-acc-after": acc_after,
+                "core-train-acc": result.accuracy,
+                "distill-loss": result.loss,
+                "num-teachers": 0,
+            }
+        )
+        self._log(server_round, metrics)
+        return self._state(self.model), MetricRecord(
+            {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        )
+
+    def _run_distill(
+        self, server_round: int, teacher_logits: torch.Tensor, weights: torch.Tensor
+    ) -> TrainResult:
+        """Phase 2 on the pool with this round's seed (no teachers: cross-entropy only)."""
+        assert self.pool is not None, "phase0() must run before the first round"
+        return distill(
+            self.model,
+            self.pool,
+            teacher_logits,
+            epochs=self.cd.distill_epochs,
+            batch_size=self.config.batch_size,
+            lr=self.cd.distill_lr,
+            temperature=self.cd.temperature,
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+            teacher_weights=weights if len(weights) else None,
+            seed=self.config.seed * 1_009 + server_round,
         )
 
     def detect(self, teachers: list[EdgeKDModel]) -> tuple[float, float, bool]:
@@ -623,19 +708,7 @@ class ClonedDistillation(Strategy):
         stacked = torch.cat([entry.pool_logits for entry in self.memory])
         weights = torch.cat([torch.full((len(e.pool_logits),), e.weight) for e in self.memory])
         started = time.monotonic()
-        result = distill(
-            self.model,
-            self.pool,
-            stacked,
-            epochs=self.cd.distill_epochs,
-            batch_size=self.config.batch_size,
-            lr=self.cd.distill_lr,
-            temperature=self.cd.temperature,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
-            teacher_weights=weights,
-            seed=self.config.seed * 1_009 + server_round,
-        )
+        result = self._run_distill(server_round, stacked, weights)
         distill_seconds = time.monotonic() - started
         student_after = predict_logits(self.model, self.test.x).argmax(1)
         acc_after = float((student_after == self.test.y).float().mean())
@@ -699,7 +772,8 @@ class ClonedDistillation(Strategy):
         ``initial_arrays`` is ignored: the core model is built and trained at the server. The
         nodes are asked for their partitions before Phase 0 and answer while it runs.
         """
-        self.request_node_map(grid)
+        if not self.cd.is_control:
+            self.request_node_map(grid)
         self.phase0()
         return super().start(
             grid,
