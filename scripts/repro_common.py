@@ -75,3 +75,29 @@ def final_stats(finals: list[float], seeds: list[int]) -> dict[str, Any]:
         "seeds": seeds,
         "per_seed": finals,
     }
+
+
+COMPACT_KEYS = {
+    "test_acc": "test-acc",
+    "core_acc_before": "core-acc-before",
+    "teacher_acc_mean": "teacher-acc-mean",
+    "teacher_ensemble_acc": "teacher-ensemble-acc",
+    "num_teachers": "num-teachers",
+    "edge_status": "edge-status",
+    "suspect": "suspect",
+    "staleness": "staleness",
+}
+
+
+def compact_run(run_dir: Path) -> dict[str, Any]:
+    """The per-round values a claim rests on, small enough to commit (round 0 = Phase 0).
+
+    ``test_acc`` has one entry per round from round 0; every other list one per round from 1
+    (``None`` where a round did not record it).
+    """
+    rows = load_rows(run_dir)
+    compact: dict[str, Any] = {"run": run_dir.name, "test_acc": load_curve(run_dir)}
+    for name, key in COMPACT_KEYS.items():
+        if name != "test_acc":
+            compact[name] = [row.get(key) for row in rows if int(row.get("round", 0)) > 0]
+    return compact
