@@ -62,8 +62,7 @@ def main() -> int:
         cpp, control = runs[(schedule, "CPP")], runs[(schedule, "control")]
         gain = [a - b for a, b in zip(cpp["test_acc"], control["test_acc"], strict=True)]
         teacher_minus_core = [
-            t - c
-            for t, c in zip(cpp["teacher_acc_mean"], cpp["core_acc_before"], strict=True)
+            t - c for t, c in zip(cpp["teacher_acc_mean"], cpp["core_acc_before"], strict=True)
         ]
         entry = {
             "CPP": cpp,
@@ -83,8 +82,10 @@ def main() -> int:
     best = max(args.schedules, key=lambda s: result[s]["cpp_minus_control_last3"])  # type: ignore[index]
     result["chosen"] = best
     (args.out / "pilot.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("| Phase 2 (epochs@lr) | CPP final | control final | CPP − control (last 3) "
-          "| teacher − core | CPP round swing |")
+    print(
+        "| Phase 2 (epochs@lr) | CPP final | control final | CPP − control (last 3) "
+        "| teacher − core | CPP round swing |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     print(f"chosen: {best}")
