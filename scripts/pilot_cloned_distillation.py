@@ -47,7 +47,7 @@ def main() -> int:
         ]
         for variant in ("CPP", "control"):
             tag = f"pilot-{variant}-e{args.local_epochs}-d{epochs}at{lr}-seed{args.seed}"
-            jobs.append((schedule, variant, tag, extra + [f"cd-variant='{variant}'"]))
+            jobs.append((schedule, variant, tag, [*extra, f"cd-variant='{variant}'"]))
     with ThreadPoolExecutor(args.workers) as pool:
         futures = {
             (schedule, variant): pool.submit(
