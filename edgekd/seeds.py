@@ -17,6 +17,7 @@ __all__ = ["STREAMS", "derive_seed"]
 _PRIME_A = 7_919
 _PRIME_B = 1_009
 _PRIME_C = 1_000_003
+_FEDMD_INIT = 1_000
 
 STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # cloned distillation: the seed an edge initialises a scratch model with, per round
@@ -33,8 +34,12 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "label-noise": lambda seed, rnd, pid, member: seed + _PRIME_C,
     # FedMD: a client's transfer-learning stage (public then private data), per partition
     "fedmd-pretrain": lambda seed, rnd, pid, member: seed * _PRIME_C + pid,
+    # FedMD: the draw of a client's private test set, per partition
+    "fedmd-private-test": lambda seed, rnd, pid, member: seed * _PRIME_A + pid,
     # FedMD: a client's model initialisation, per partition
-    "fedmd-init": lambda seed, rnd, pid, member: seed * _PRIME_A + pid,
+    "fedmd-init": lambda seed, rnd, pid, member: seed * _FEDMD_INIT + pid + 1,
+    # FedMD: the one initialisation every client shares (the FedAvg baseline)
+    "fedmd-shared-init": lambda seed, rnd, pid, member: seed * _FEDMD_INIT,
 }
 
 

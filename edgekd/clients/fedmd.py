@@ -19,16 +19,12 @@ Handlers (registered on the one edgekd ClientApp by :func:`register`):
 * ``evaluate.fedmd``: accuracy on the uniform test split and on this node's private test set.
 
 All FedMD settings arrive in the message's ``config`` record (the server parses the run
-config once); the message format is documented in :mod:`edgekd.strategies.fedmd`.
+config once); the message format is documented in :mod:`edgekd.protocol.fedmd`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 from logging import INFO, WARNING
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,210 +42,43 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from edgekd.clients.node import node_partition
 from edgekd.config import ExperimentConfig, config_value
-from edgekd.datasets import BatchLoader, default_padding, load_dataset, to_tensors
-from edgekd.experiment import TensorData, client_data, core_data, load_bundle, test_data
+from edgekd.datasets import BatchLoader
+from edgekd.experiment import TensorData, client_data, load_bundle, test_data
 from edgekd.losses import fedmd_digest_loss, latent_distillation_loss
 from edgekd.models import EdgeKDModel, build_model, count_parameters
-from edgekd.protocol import ARRAYS, CONFIG, METRICS
+from edgekd.protocol.common import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
+from edgekd.protocol.fedmd import (
+    ACTION_EVALUATE,
+    ACTION_SCORES,
+    ACTION_TRAIN,
+    CONSENSUS,
+    PUBLIC,
+    SCORES,
+    WITH_REPRESENTATIONS,
+    DigestSettings,
+    FedMDSetup,
+    public_pool,
+)
+from edgekd.seeds import derive_seed
 from edgekd.training import make_optimizer, predict_logits, set_torch_threads, train_supervised
 
 __all__ = [
-    "ACTION_EVALUATE",
-    "ACTION_SCORES",
-    "ACTION_TRAIN",
-    "CONSENSUS",
-    "PUBLIC",
-    "SCORES",
     "STATE_MODEL",
-    "DigestSettings",
-    "FedMDSetup",
-    "PublicPool",
     "build_client_model",
     "client_model",
     "digest",
     "evaluate_fedmd",
     "largest_remainder",
     "private_test_indices",
-    "public_pool",
     "query_scores",
     "register",
     "train_fedmd",
 ]
 
-ACTION_SCORES = "fedmd_scores"
-ACTION_TRAIN = "fedmd"
-ACTION_EVALUATE = "fedmd"
-PUBLIC = "fedmd-public"
-CONSENSUS = "fedmd-consensus"
-SCORES = "fedmd-scores"
 STATE_MODEL = "fedmd-model"
 STATE_META = "fedmd-meta"
-
-
-def _require(config: Mapping[str, Any], key: str, kind: type) -> Any:
-    """Read a key the server always sends; a missing key is a protocol error."""
-    if key not in config:
-        raise ValueError(f"FedMD message config lacks the key {key!r}")
-    return config_value(config, key, None, kind)
-
-
-@dataclass(frozen=True)
-class FedMDSetup:
-    """The settings every FedMD message carries (see :mod:`edgekd.strategies.fedmd`).
-
-    Attributes
-    ----------
-    server_round : int
-        The round the message belongs to (0 = initial evaluation).
-    client_models : tuple[str, ...]
-        Model names, assigned round-robin by partition id.
-    representation_dim : int
-        Size r of the representation layer.
-    public_source : str
-        ``"split"`` or ``"npz:<path>"``.
-    public_fraction : float
-        Stratified share of the training set that is public in ``"split"`` mode.
-    pretrain_public_epochs, pretrain_private_epochs : int
-        Transfer-learning schedule of the lazy first training.
-    private_test_size : int
-        Size of the private test set drawn with the node's label distribution.
-    seed : int
-        Base seed of model initialisation, batch orders and the private test draw.
-    shared_init : bool
-        All nodes start from the same initialisation (the FedAvg baseline).
-    """
-
-    server_round: int
-    client_models: tuple[str, ...]
-    representation_dim: int
-    public_source: str
-    public_fraction: float
-    pretrain_public_epochs: int
-    pretrain_private_epochs: int
-    private_test_size: int
-    seed: int
-    shared_init: bool
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FedMDSetup:
-        """Parse the setup keys of a message's ``ConfigRecord``."""
-        models = tuple(
-            m.strip() for m in _require(config, "client-models", str).split(",") if m.strip()
-        )
-        if not models:
-            raise ValueError("FedMD message config has an empty 'client-models'")
-        return cls(
-            server_round=_require(config, "server-round", int),
-            client_models=models,
-            representation_dim=_require(config, "representation-dim", int),
-            public_source=_require(config, "public-source", str),
-            public_fraction=_require(config, "public-fraction", float),
-            pretrain_public_epochs=_require(config, "pretrain-public-epochs", int),
-            pretrain_private_epochs=_require(config, "pretrain-private-epochs", int),
-            private_test_size=_require(config, "private-test-size", int),
-            seed=_require(config, "seed", int),
-            shared_init=_require(config, "shared-init", bool),
-        )
-
-    def model_name(self, partition_id: int) -> str:
-        """The architecture of partition ``partition_id``."""
-        return self.client_models[partition_id % len(self.client_models)]
-
-    def private_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
-        """The experiment config whose partitions are the private data.
-
-        In ``"split"`` mode the public set is the stratified core split of size
-        ``public-fraction`` and the partitions are drawn from the rest.
-        """
-        if self.public_source == "split":
-            return cfg.replace(core_fraction=self.public_fraction)
-        return cfg
-
-
-@dataclass(frozen=True)
-class DigestSettings:
-    """The per-round training keys of a ``train.fedmd`` message."""
-
-    digest_epochs: int
-    digest_lr: float
-    temperature: float
-    logit_loss: str
-    latent_weight: float
-    revisit_epochs: int
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DigestSettings:
-        """Parse the train keys of a message's ``ConfigRecord``."""
-        return cls(
-            digest_epochs=_require(config, "digest-epochs", int),
-            digest_lr=_require(config, "digest-lr", float),
-            temperature=_require(config, "temperature", float),
-            logit_loss=_require(config, "logit-loss", str),
-            latent_weight=_require(config, "latent-weight", float),
-            revisit_epochs=_require(config, "revisit-epochs", int),
-        )
-
-
-@dataclass(frozen=True)
-class PublicPool:
-    """The public data: normalised images, their own labels and number of classes."""
-
-    data: TensorData
-    num_classes: int
-
-
-def _npz_path(source: str) -> Path:
-    path = Path(source.removeprefix("npz:")).expanduser()
-    if not path.is_absolute():
-        path = path.resolve()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"FedMD public data {source!r}: file {path} not found (relative paths are "
-            "resolved against the working directory; give an absolute path under flwr run)"
-        )
-    return path
-
-
-@lru_cache(maxsize=8)
-def public_pool(cfg: ExperimentConfig, source: str, fraction: float) -> PublicPool:
-    """Load the public pool; index ``i`` of the protocol is row ``i`` of ``pool.data``.
-
-    Parameters
-    ----------
-    cfg : ExperimentConfig
-        The run's config (the private dataset).
-    source : str
-        ``"split"``: the stratified ``fraction`` of the private training set (the core split);
-        ``"npz:<path>"``: ``x_train`` followed by ``x_test`` of another npz data set of the same
-        image shape, e.g. CIFAR-100 images as auxiliary data for CIFAR-10 clients.
-    fraction : float
-        Public share in ``"split"`` mode, in ``(0, 1)``.
-
-    Returns
-    -------
-    PublicPool
-        Images normalised with the private data set's statistics, and their labels.
-    """
-    if source == "split":
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fedmd-public-fraction must be in (0, 1), got {fraction}")
-        public_cfg = cfg.replace(core_fraction=fraction)
-        return PublicPool(core_data(public_cfg), load_bundle(cfg).num_classes)
-    if not source.startswith("npz:"):
-        raise ValueError(f"fedmd-public-source must be 'split' or 'npz:<path>', got {source!r}")
-    private = load_bundle(cfg)
-    aux = load_dataset("npz", npz_path=_npz_path(source))
-    if aux.x_train.shape[1:] != private.x_train.shape[1:]:
-        raise ValueError(
-            f"FedMD public data {source!r} has images of shape {aux.x_train.shape[1:]}, "
-            f"but the private data set has {private.x_train.shape[1:]}"
-        )
-    x = np.concatenate([aux.x_train, aux.x_test])
-    y = np.concatenate([aux.y_train, aux.y_test])
-    xt, yt = to_tensors(x, y, private.mean, private.std, normalize=cfg.normalize)
-    data = TensorData(xt, yt, default_padding(private.image_size))
-    return PublicPool(data, aux.num_classes)
 
 
 def largest_remainder(proportions: np.ndarray, total: int) -> np.ndarray:
@@ -310,7 +139,10 @@ def build_client_model(
     setup: FedMDSetup, partition_id: int, num_classes: int, in_channels: int
 ) -> EdgeKDModel:
     """A freshly initialised model of this partition's architecture (seeded)."""
-    seed = setup.seed * 1_000 + (0 if setup.shared_init else partition_id + 1)
+    if setup.shared_init:
+        seed = derive_seed("fedmd-shared-init", setup.seed)
+    else:
+        seed = derive_seed("fedmd-init", setup.seed, partition=partition_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(
@@ -351,7 +183,7 @@ def _pretrain(
     bundle = load_bundle(cfg)
     model = build_client_model(setup, partition_id, bundle.num_classes, bundle.in_channels)
     pool = public_pool(cfg, setup.public_source, setup.public_fraction)
-    seed = setup.seed * 1_000_003 + partition_id
+    seed = derive_seed("fedmd-pretrain", setup.seed, partition=partition_id)
     if setup.pretrain_public_epochs > 0:
         if pool.num_classes == bundle.num_classes:
             public_model = model
@@ -480,13 +312,6 @@ def _scores(model: EdgeKDModel, x: torch.Tensor, batch_size: int = 256) -> tuple
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
-def _partition(context: Context, cfg: ExperimentConfig) -> int:
-    # Local import: edgekd.clients.app imports this module at its end to register handlers.
-    from edgekd.clients.app import node_partition
-
-    return node_partition(context, cfg)
-
-
 def _indices(record: ArrayRecord, pool_size: int) -> np.ndarray:
     if "indices" not in record:
         raise ValueError("FedMD message has no 'indices' array")
@@ -500,7 +325,7 @@ def _setup(msg: Message, context: Context) -> tuple[ExperimentConfig, FedMDSetup
     cfg = ExperimentConfig.from_run_config(context.run_config)
     set_torch_threads(cfg.client_threads)
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
-    return cfg, FedMDSetup.from_config(config), _partition(context, cfg)
+    return cfg, FedMDSetup.from_config(config), node_partition(context, cfg)
 
 
 def query_scores(msg: Message, context: Context) -> Message:
@@ -512,10 +337,10 @@ def query_scores(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[CONFIG]
     logits, feats = _scores(model, pool.data.x[torch.from_numpy(idx)])
     arrays = {"logits": Array(np.ascontiguousarray(logits, dtype=np.float32))}
-    if config_value(config, "with-representations", False, bool):
+    if config_value(config, WITH_REPRESENTATIONS, False, bool):
         arrays["representations"] = Array(np.ascontiguousarray(feats, dtype=np.float32))
     private = client_data(setup.private_config(cfg), pid)
-    metrics = MetricRecord({"partition-id": pid, "num-examples": len(private)})
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(private)})
     content = RecordDict({SCORES: ArrayRecord(arrays), METRICS: metrics})
     return Message(content=content, reply_to=msg)
 
@@ -533,7 +358,7 @@ def train_fedmd(msg: Message, context: Context) -> Message:
     content = msg.content
     if ARRAYS in content.array_records:
         model.load_state_dict(content.array_records[ARRAYS].to_torch_state_dict(), strict=True)
-    seed = setup.seed * 1_000_003 + setup.server_round * 1_009 + pid
+    seed = derive_seed("client-train", setup.seed, server_round=setup.server_round, partition=pid)
     digest_loss = float("nan")
     if CONSENSUS in content.array_records:
         record = content.array_records[CONSENSUS]
@@ -550,8 +375,8 @@ def train_fedmd(msg: Message, context: Context) -> Message:
     _store(context, model, setup.model_name(pid), setup.representation_dim)
     metrics = MetricRecord(
         {
-            "partition-id": pid,
-            "num-examples": len(private),
+            PARTITION_ID: pid,
+            NUM_EXAMPLES: len(private),
             "digest-loss": digest_loss,
             "revisit-loss": revisit_loss,
         }
@@ -588,15 +413,15 @@ def evaluate_fedmd(msg: Message, context: Context) -> Message:
         private.y.numpy(),
         bundle.num_classes,
         setup.private_test_size,
-        seed=setup.seed * 7_919 + pid,
+        seed=derive_seed("fedmd-private-test", setup.seed, partition=pid),
     )
     logits = predict_logits(model, test.x, batch_size=256)
     correct = (logits.argmax(1) == test.y).float()
     private_acc = float(correct[torch.from_numpy(idx)].mean())
     metrics = MetricRecord(
         {
-            "partition-id": pid,
-            "num-examples": len(idx),
+            PARTITION_ID: pid,
+            NUM_EXAMPLES: len(idx),
             "uniform-acc": float(correct.mean()),
             "uniform-loss": float(F.cross_entropy(logits, test.y)),
             "private-acc": private_acc,

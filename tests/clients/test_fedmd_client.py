@@ -16,6 +16,7 @@ from edgekd.clients.app import app
 from edgekd.config import ExperimentConfig
 from edgekd.experiment import client_data
 from edgekd.models import count_parameters
+from edgekd.protocol import fedmd as protocol_fedmd
 
 R = 16
 SETUP: dict[str, Any] = {
@@ -74,7 +75,7 @@ def _indices(*values: int) -> ArrayRecord:
 
 def test_client_models_differ_in_architecture(tiny_npz: Path) -> None:
     """Partitions 0 and 1 get different architectures with one representation size r."""
-    setup = fedmd.FedMDSetup.from_config(SETUP)
+    setup = protocol_fedmd.FedMDSetup.from_config(SETUP)
     first = fedmd.build_client_model(setup, 0, num_classes=4, in_channels=3)
     second = fedmd.build_client_model(setup, 1, num_classes=4, in_channels=3)
     assert type(first).__name__ == "SmallCNN" and type(second).__name__ == "CifarResNet"
@@ -157,20 +158,22 @@ def test_digest_moves_the_model_towards_the_consensus(tiny_npz: Path) -> None:
 
 def test_digest_loss_decreases(tiny_npz: Path) -> None:
     """Repeated digest steps lower the logit + latent distance to a fixed consensus."""
-    setup = fedmd.FedMDSetup.from_config(SETUP)
+    setup = protocol_fedmd.FedMDSetup.from_config(SETUP)
     model = fedmd.build_client_model(setup, 1, num_classes=4, in_channels=3)
     cfg = ExperimentConfig.from_run_config(_context(tiny_npz).run_config)
     x = client_data(cfg, 0).x[:16]
     target_logits = torch.zeros(16, 4)
     target_logits[:, 2] = 5.0
     target_reps = torch.zeros(16, R)
-    settings = fedmd.DigestSettings.from_config({**TRAIN, "digest-epochs": 1, "logit-loss": "mse"})
+    settings = protocol_fedmd.DigestSettings.from_config(
+        {**TRAIN, "digest-epochs": 1, "logit-loss": "mse"}
+    )
     losses = [
         fedmd.digest(model, x, target_logits, target_reps, settings, cfg, seed=step)
         for step in range(8)
     ]
     assert losses[-1] < losses[0]
-    without_latent = fedmd.DigestSettings.from_config({**TRAIN, "latent-weight": 0.0})
+    without_latent = protocol_fedmd.DigestSettings.from_config({**TRAIN, "latent-weight": 0.0})
     assert fedmd.digest(model, x, target_logits, None, without_latent, cfg, seed=0) > 0
 
 
@@ -217,7 +220,7 @@ def test_npz_public_data_with_other_classes(tiny_npz: Path, tmp_path: Path) -> N
     )
     setup = {**SETUP, "public-source": f"npz:{aux}"}
     cfg = ExperimentConfig.from_run_config(_context(tiny_npz).run_config)
-    pool = fedmd.public_pool(cfg, setup["public-source"], 0.0)
+    pool = protocol_fedmd.public_pool(cfg, setup["public-source"], 0.0)
     assert len(pool.data) == 18 and pool.num_classes == 6
     message = _message(
         "query.fedmd_scores",
@@ -237,4 +240,4 @@ def test_npz_public_data_with_other_classes(tiny_npz: Path, tmp_path: Path) -> N
         y_test=np.arange(2),
     )
     with pytest.raises(ValueError, match="image"):
-        fedmd.public_pool(cfg, f"npz:{bad}", 0.0)
+        protocol_fedmd.public_pool(cfg, f"npz:{bad}", 0.0)

@@ -1,0 +1,137 @@
+"""Who this node is and what data it holds: partition, training data, model shape.
+
+Every client handler starts here. A node learns its partition from
+``context.node_config["partition-id"]``. A real device whose data is its own sets ``npz-path``
+in its node config (``--node-config "partition-id=3 num-partitions=9
+npz-path='/data/mine.npz'"``): it then trains on the whole train split of that file,
+normalised with that file's own statistics, and builds its model from the received arrays
+(classes from the output layer, channels from its images), so the run's data set does not
+have to exist on the device. Data that is missing or malformed is logged as an ERROR naming
+the partition, the file and the problem, and the message is answered with an error reply: the
+server leaves the node out and the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from logging import ERROR
+from typing import Any
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from edgekd.config import ExperimentConfig
+from edgekd.datasets import default_padding, load_dataset, to_tensors
+from edgekd.experiment import TensorData, client_data
+from edgekd.models import EdgeKDModel, build_model
+from edgekd.protocol.common import METRICS, NUM_EXAMPLES, NUM_PARTITIONS, PARTITION_ID, WHOAMI
+
+__all__ = [
+    "NODE_DATA_KEY",
+    "NodeDataError",
+    "model_for_arrays",
+    "node_data",
+    "node_partition",
+    "register",
+    "whoami",
+]
+
+NODE_DATA_KEY = "npz-path"
+
+
+def node_partition(context: Context, cfg: ExperimentConfig) -> int:
+    """This node's ``partition-id``, checked against ``num-partitions``."""
+    node_config = context.node_config
+    if PARTITION_ID not in node_config:
+        raise ValueError(
+            "this node has no 'partition-id' in its node config; start the SuperNode with "
+            '--node-config "partition-id=<i> num-partitions=<n>"'
+        )
+    partition_id = int(node_config[PARTITION_ID])
+    num_partitions = int(node_config.get(NUM_PARTITIONS, cfg.num_partitions))
+    if num_partitions != cfg.num_partitions:
+        raise ValueError(
+            f"node num-partitions={num_partitions} differs from run config "
+            f"num-partitions={cfg.num_partitions}; give the simulation as many SuperNodes "
+            "as partitions (num-supernodes) or set num-partitions to match"
+        )
+    return partition_id
+
+
+class NodeDataError(RuntimeError):
+    """This node's own data (node-config ``npz-path``) is missing or malformed."""
+
+
+def _own_data(path: str) -> TensorData:
+    bundle = load_dataset("npz", npz_path=path)
+    x, y = to_tensors(bundle.x_train, bundle.y_train, bundle.mean, bundle.std)
+    return TensorData(x, y, default_padding(bundle.image_size))
+
+
+def node_data(context: Context, cfg: ExperimentConfig, partition_id: int) -> TensorData:
+    """This node's training data: its own npz (node config) or its partition of the run's data.
+
+    Raises
+    ------
+    NodeDataError
+        When the node config names an npz that is missing or malformed; the reason is also
+        logged at ERROR level on the node.
+    """
+    path = str(context.node_config.get(NODE_DATA_KEY, "")).strip()
+    if not path:
+        return client_data(cfg, partition_id)
+    try:
+        return _own_data(path)
+    except (OSError, ValueError) as exc:
+        message = (
+            f"partition {partition_id}: cannot load this node's data "
+            f"(node-config {NODE_DATA_KEY}={path}): {exc}"
+        )
+        log(ERROR, message)
+        raise NodeDataError(message) from exc
+
+
+def model_for_arrays(
+    cfg: ExperimentConfig, state: Mapping[str, Any], data: TensorData, *, seed: int | None = None
+) -> EdgeKDModel:
+    """Build ``cfg.model`` shaped like the received arrays (classes) and the data (channels).
+
+    ``seed`` gives a reproducible fresh initialisation (edges that start from scratch).
+    Labels outside the received model's classes are an error that names them.
+    """
+    weight = state.get("classifier.weight")
+    if weight is None or len(weight.shape) != 2:
+        raise ValueError(f"received arrays have no 2-D 'classifier.weight' for model {cfg.model!r}")
+    num_classes = int(weight.shape[0])
+    if len(data) and int(data.y.max()) >= num_classes:
+        raise ValueError(
+            f"this node's labels go up to {int(data.y.max())}, but the received model has "
+            f"{num_classes} classes"
+        )
+    in_channels = int(data.x.shape[1])
+    if seed is None:
+        return build_model(cfg.model, num_classes, in_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg.model, num_classes, in_channels)
+
+
+def whoami(msg: Message, context: Context) -> Message:
+    """``query.whoami``: report this node's partition so that a server can address it."""
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    partition_id = node_partition(context, cfg)
+    metrics = MetricRecord(
+        {
+            PARTITION_ID: partition_id,
+            NUM_PARTITIONS: cfg.num_partitions,
+            NUM_EXAMPLES: len(node_data(context, cfg, partition_id)),
+        }
+    )
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+def register(app: ClientApp) -> None:
+    """Register ``query.whoami`` on ``app`` (the edgekd ClientApp)."""
+    app.query(WHOAMI)(whoami)
