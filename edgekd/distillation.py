@@ -20,7 +20,13 @@ from torch import nn
 
 from edgekd.datasets import augment_batch
 from edgekd.losses import cloned_distillation_loss
-from edgekd.training import TrainResult, make_optimizer, predict_logits
+from edgekd.training import (
+    LR_SCHEDULES,
+    TrainResult,
+    make_lr_scheduler,
+    make_optimizer,
+    predict_logits,
+)
 
 __all__ = ["DistillPool", "distill", "make_distill_pool", "pool_logits"]
 
@@ -71,10 +77,6 @@ def pool_logits(models: Sequence[nn.Module], pool: DistillPool) -> torch.Tensor:
     return torch.stack([predict_logits(model, pool.x) for model in models])
 
 
-def _cosine(base: float, step: int, total: int) -> float:
-    return 0.5 * base * (1.0 + math.cos(math.pi * step / max(1, total)))
-
-
 def distill(
     student: nn.Module,
     pool: DistillPool,
@@ -122,7 +124,7 @@ def distill(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if lr_schedule not in {"cosine", "constant"}:
+    if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
     if teacher_logits.dim() != 3 or teacher_logits.shape[1] != len(pool.x):
         raise ValueError(
@@ -131,9 +133,7 @@ def distill(
     num_teachers = teacher_logits.shape[0]
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(student, lr, momentum, weight_decay)
-    steps_per_epoch = math.ceil(pool.n / batch_size)
-    total = epochs * steps_per_epoch
-    step = 0
+    scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * math.ceil(pool.n / batch_size))
     loss_sum, correct, seen = 0.0, 0, 0
     student.train()
     for epoch in range(epochs):
@@ -143,9 +143,6 @@ def distill(
         for start in range(0, pool.n, batch_size):
             rows = order[start : start + batch_size]
             xb, yb = pool.x[rows], pool.y[rows]
-            if lr_schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = _cosine(lr, step, total)
             logits = student(xb)
             if num_teachers:
                 loss = cloned_distillation_loss(
@@ -161,7 +158,7 @@ def distill(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
+            scheduler.step()
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(yb)

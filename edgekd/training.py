@@ -18,12 +18,16 @@ from torch import nn
 
 from edgekd.datasets import BatchLoader
 from edgekd.losses import prox_term
+from edgekd.seeds import derive_seed
 
 __all__ = [
+    "LR_SCHEDULES",
     "EvalResult",
     "TrainResult",
+    "cosine_factor",
     "cpu_share_threads",
     "evaluate",
+    "make_lr_scheduler",
     "make_optimizer",
     "predict_logits",
     "set_torch_threads",
@@ -79,8 +83,29 @@ def make_optimizer(
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """Cosine annealing to 0: ``0.5 * (1 + cos(pi * step / total_steps))`` (1 at step 0)."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning rates, ``schedule`` in :data:`LR_SCHEDULES`; call ``step()`` per step.
+
+    Step ``k`` (0-based, before the ``k``-th ``scheduler.step()``) trains at ``lr`` for
+    ``"constant"`` and at ``lr * cosine_factor(k, total_steps)`` for ``"cosine"``.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_factor(step, total_steps)
+    )
 
 
 def train_supervised(
@@ -130,7 +155,7 @@ def train_supervised(
     label_noise_p : float
         Per-batch corruption probability.
     """
-    if lr_schedule not in {"constant", "cosine"}:
+    if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     if len(x) == 0:
         raise ValueError("cannot train on an empty dataset (0 examples)")
@@ -140,7 +165,7 @@ def train_supervised(
         raise ValueError(f"label_noise must be 'none', 'shuffle' or 'flip', got {label_noise!r}")
     if not 0.0 <= label_noise_p <= 1.0:
         raise ValueError(f"label_noise_p must be in [0, 1], got {label_noise_p}")
-    noise = torch.Generator().manual_seed(seed + 1_000_003)
+    noise = torch.Generator().manual_seed(derive_seed("label-noise", seed))
     if epochs == 0:
         result = evaluate(model, x, y, batch_size=128)
         return TrainResult(result.loss, result.accuracy, len(x))
@@ -148,16 +173,12 @@ def train_supervised(
         x, y, batch_size, shuffle=True, seed=seed, augment=augment, padding=padding, flip=flip
     )
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
-    total_steps = epochs * len(loader)
-    step = 0
+    scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * len(loader))
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for _ in range(epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         for xb, yb in loader:
-            if lr_schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = _cosine_lr(lr, step, total_steps)
             logits = model(xb)
             if label_noise != "none" and float(torch.rand(1, generator=noise)) < label_noise_p:
                 yb = _corrupt(yb, label_noise, logits.shape[1], noise)
@@ -167,7 +188,7 @@ def train_supervised(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
+            scheduler.step()
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(yb)

@@ -61,6 +61,9 @@ from edgekd.datasets import default_padding, load_dataset, to_tensors
 from edgekd.experiment import TensorData, core_data, experiment_split, load_bundle
 
 __all__ = [
+    "ACTION_EVALUATE",
+    "ACTION_SCORES",
+    "ACTION_TRAIN",
     "CONSENSUS",
     "MSG_EVALUATE",
     "MSG_SCORES",
@@ -78,9 +81,13 @@ __all__ = [
     "public_pool_size",
 ]
 
-MSG_SCORES = f"{MessageType.QUERY}.fedmd_scores"
-MSG_TRAIN = f"{MessageType.TRAIN}.fedmd"
-MSG_EVALUATE = f"{MessageType.EVALUATE}.fedmd"
+# the action names a ClientApp registers (``app.query(ACTION_SCORES)``), and the full types
+ACTION_SCORES = "fedmd_scores"
+ACTION_TRAIN = "fedmd"
+ACTION_EVALUATE = "fedmd"
+MSG_SCORES = f"{MessageType.QUERY}.{ACTION_SCORES}"
+MSG_TRAIN = f"{MessageType.TRAIN}.{ACTION_TRAIN}"
+MSG_EVALUATE = f"{MessageType.EVALUATE}.{ACTION_EVALUATE}"
 PUBLIC = "fedmd-public"
 CONSENSUS = "fedmd-consensus"
 SCORES = "fedmd-scores"
