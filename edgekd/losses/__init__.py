@@ -1,0 +1,33 @@
+"""Loss functions of the knowledge-distillation federated-learning methods, one module per paper.
+
+* :mod:`~edgekd.losses.kd`: :func:`kd_kl_loss`, the temperature-scaled KL distillation term
+  (Hinton et al. 2015);
+* :mod:`~edgekd.losses.cloned_distillation`: :func:`cloned_distillation_loss`, cross-entropy
+  plus the sum of KL terms to several teachers (cloned knowledge distillation, Eq. 1-2);
+* :mod:`~edgekd.losses.fedmd`: :func:`consensus_logits`, :func:`fedmd_digest_loss` and
+  :func:`latent_distillation_loss` (FedMD, Li and Wang 2019, and its latent variant);
+* :mod:`~edgekd.losses.fedprox`: :func:`prox_term` (FedProx, Li et al. 2020).
+
+All KL terms use ``reduction="batchmean"`` (sum over classes, mean over the batch) and are
+multiplied by ``t**2`` so that gradient magnitudes do not depend on the temperature.
+
+Targets (teacher logits, consensus scores, target representations) are used as given: gradients
+flow into them if they require grad, so pass detached tensors for frozen teachers.
+A new method adds one module here and re-exports its loss below.
+"""
+
+from __future__ import annotations
+
+from edgekd.losses.cloned_distillation import cloned_distillation_loss
+from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
+from edgekd.losses.fedprox import prox_term
+from edgekd.losses.kd import kd_kl_loss
+
+__all__ = [
+    "cloned_distillation_loss",
+    "consensus_logits",
+    "fedmd_digest_loss",
+    "kd_kl_loss",
+    "latent_distillation_loss",
+    "prox_term",
+]
