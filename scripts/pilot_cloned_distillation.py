@@ -56,7 +56,12 @@ def main() -> int:
             for schedule, variant, tag, extra in jobs
         }
         runs = {key: compact_run(future.result()) for key, future in futures.items()}
-    result: dict[str, object] = {"seed": args.seed, "local_epochs": args.local_epochs}
+    result: dict[str, object] = {
+        "seed": args.seed,
+        "seeds": [args.seed],
+        "local_epochs": args.local_epochs,
+        "schedules": args.schedules,
+    }
     rows = []
     for schedule in args.schedules:
         cpp, control = runs[(schedule, "CPP")], runs[(schedule, "control")]

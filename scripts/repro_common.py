@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -16,9 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_profile(
-    profile: Path, seed: int, run_dir: Path, extra: Sequence[str] = (), workers: int = 0
+    profile: Path | Sequence[Path],
+    seed: int,
+    run_dir: Path,
+    extra: Sequence[str] = (),
+    workers: int = 0,
 ) -> Path:
-    """Run ``profile`` with ``seed`` via ``python -m edgekd.local`` unless already done."""
+    """Run ``profile`` (one file, or several merged in order) with ``seed`` unless done."""
+    profiles = [profile] if isinstance(profile, Path) else list(profile)
     if (run_dir / "summary.json").exists():
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -27,8 +33,7 @@ def run_profile(
         "-m",
         "edgekd.local",
         str(ROOT),
-        "--run-config",
-        str(profile),
+        *[arg for path in profiles for arg in ("--run-config", str(path))],
         "--run-config",
         f"seed={seed}",
         *[arg for pair in extra for arg in ("--run-config", pair)],
@@ -47,11 +52,10 @@ def run_profile(
         ).returncode
     if code != 0:
         raise RuntimeError(
-            f"{profile.stem} seed {seed} failed (exit {code}); see {run_dir / 'log.txt'}"
+            f"{run_dir.name} seed {seed} failed (exit {code}); see {run_dir / 'log.txt'}"
         )
     print(
-        f"[{time.strftime('%H:%M:%S')}] {profile.stem} seed {seed}: done in "
-        f"{time.monotonic() - started:.0f}s",
+        f"[{time.strftime('%H:%M:%S')}] {run_dir.name}: done in {time.monotonic() - started:.0f}s",
         flush=True,
     )
     return run_dir
@@ -101,3 +105,31 @@ def compact_run(run_dir: Path) -> dict[str, Any]:
         if name != "test_acc":
             compact[name] = [row.get(key) for row in rows if int(row.get("round", 0)) > 0]
     return compact
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Paired difference a − b over seeds: mean, 95 % t-interval, n and a verdict.
+
+    The verdict reads the claim "a > b": "holds" when the whole interval is above 0, "does
+    not hold" when it is below 0, "unresolved" when it contains 0 (or n < 2).
+    """
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return {"mean": mean, "ci95": [math.nan, math.nan], "n": n, "verdict": "unresolved"}
+    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = "holds" if low > 0 else ("does not hold" if high < 0 else "unresolved")
+    return {"mean": mean, "ci95": [low, high], "n": n, "verdict": verdict, "per_seed": diffs}
+
+
+def format_paired(name: str, entry: dict[str, Any]) -> str:
+    """One markdown table row of a paired difference."""
+    low, high = entry["ci95"]
+    return (
+        f"| {name} | {entry['mean']:+.4f} | [{low:+.4f}, {high:+.4f}] | {entry['n']} "
+        f"| {entry['verdict']} |"
+    )

@@ -1,12 +1,18 @@
-"""Regenerate results/cloned_distillation/: all eight variants and FedAvg, several seeds.
+"""Regenerate results/cloned_distillation/: eight variants, the no-teacher control and FedAvg.
 
-Every run is one profile of simulations/cloned-distillation/ executed by ``python -m
-edgekd.local`` (the ServerApp logic, the ClientApp and real Flower messages, in one process,
-1 torch thread), ``--workers`` runs side by side. Finished runs are kept and skipped when the
-script is started again. Then summary.json, README.md (table) and accuracy.png are written.
+Every run is ``simulations/cloned-distillation/base.toml`` plus one variant file, executed by
+``python -m edgekd.local`` (the ServerApp logic, the ClientApp and real Flower messages in one
+process, 1 torch thread; ``engine_check.json`` shows it gives the simulation engine's numbers),
+``--workers`` runs side by side. Each finished run leaves a compact JSON in ``compact/`` (the
+per-round values the claims rest on, committed), so the table can be built in several sittings:
+finished runs are skipped. Phase 0 and edge training are cached in ``--cache-dir`` (identical
+across the variants of a seed; independent edges do not depend on the core's history).
 
-    python scripts/reproduce_cloned_distillation.py                 # 3 seeds, 2 workers
-    python scripts/reproduce_cloned_distillation.py --seeds 0 --variants CEM CPP --rounds 2
+Claims are paired differences over the reporting seeds (same seed, same Phase 0) with a 95 %
+t-interval: "A-B" reads "A beats B".
+
+    python scripts/reproduce_cloned_distillation.py --workers 2                  # seeds 0-4
+    python scripts/reproduce_cloned_distillation.py --report-only               # tables only
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, final_stats, load_curve, run_profile
+from repro_common import ROOT, compact_run, paired, run_profile
 
 PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
+ORDER = ["control", "CPP", "IPP", "CPM", "IPM", "IsPP", "CEP", "IEP", "CEM", "fedavg"]
 PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
     "IsPP": 39.99,
     "IPP": 44.97,
@@ -33,105 +40,136 @@ PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
     "CPM": 55.11,
     "CEM": 56.67,
 }
+CLAIMS = [  # the paper's orderings (Fig. 5): A beats B
+    ("CPP", "IPP"),
+    ("CPM", "IPM"),
+    ("CEP", "IEP"),
+    ("CPM", "CPP"),
+    ("CEP", "CPP"),
+    ("CEM", "CPM"),
+    ("CEM", "IPP"),
+]
 
 
-def run_one(name: str, seed: int, out: Path, extra: list[str]) -> Path:
-    """Run profile ``name`` with ``seed`` into ``out/runs/<name>-seed<seed>`` unless done."""
-    return run_profile(PROFILES / f"{name}.toml", seed, out / "runs" / f"{name}-seed{seed}", extra)
+def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+    """Run ``name`` with ``seed`` unless its compact JSON exists; return the compact run."""
+    compact_path = out / "compact" / f"{name}-seed{seed}.json"
+    if compact_path.exists():
+        return json.loads(compact_path.read_text())
+    run_dir = run_profile(
+        [PROFILES / "base.toml", PROFILES / f"{name}.toml"],
+        seed,
+        out / "runs" / f"{name}-seed{seed}",
+        extra,
+    )
+    compact = {"name": name, "seed": seed, **compact_run(run_dir)}
+    compact_path.parent.mkdir(parents=True, exist_ok=True)
+    compact_path.write_text(json.dumps(compact) + "\n")
+    return compact
 
 
-def aggregate(name: str, seeds: list[int], out: Path) -> dict[str, Any]:
-    """Final-accuracy statistics of one variant over ``seeds``."""
-    curves = [load_curve(out / "runs" / f"{name}-seed{s}") for s in seeds]
-    stats = final_stats([c[-1] for c in curves], seeds)
-    stats["curve_mean"] = [statistics.fmean(v) for v in zip(*curves, strict=True)]
-    stats["phase0_acc_mean"] = statistics.fmean(c[0] for c in curves)
-    stats["gain_over_phase0_mean"] = statistics.fmean(c[-1] - c[0] for c in curves)
-    stats["last3_acc_mean"] = statistics.fmean(statistics.fmean(c[-3:]) for c in curves)
+def teacher_minus_core(run: dict[str, Any]) -> float | None:
+    """Mean over rounds of the mean teacher's test accuracy minus the core's, at distillation."""
+    pairs = [
+        (t, c)
+        for t, c in zip(run["teacher_acc_mean"], run["core_acc_before"], strict=True)
+        if t is not None and c is not None
+    ]
+    return statistics.fmean(t - c for t, c in pairs) if pairs else None
+
+
+def aggregate(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Final-accuracy statistics of one variant over ``seeds`` (today's keys, plus more)."""
+    curves = [run["test_acc"] for run in runs]
+    finals = [c[-1] for c in curves]
+    stats: dict[str, Any] = {
+        "final_acc_mean": statistics.fmean(finals),
+        "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "seeds": seeds,
+        "per_seed": finals,
+        "curve_mean": [statistics.fmean(v) for v in zip(*curves, strict=True)],
+        "phase0_acc_mean": statistics.fmean(c[0] for c in curves),
+        "gain_over_phase0_mean": statistics.fmean(c[-1] - c[0] for c in curves),
+        "last3_acc_mean": statistics.fmean(statistics.fmean(c[-3:]) for c in curves),
+    }
+    gaps = [g for g in (teacher_minus_core(run) for run in runs) if g is not None]
+    if gaps:
+        stats["teacher_minus_core_mean"] = statistics.fmean(gaps)
+        stats["teacher_minus_core_per_seed"] = gaps
     return stats
 
 
-def write_report(summary: dict[str, Any], out: Path, command: str) -> None:
-    """README.md table and accuracy.png with one mean curve per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, stats in {**summary["variants"], "FedAvg": summary["fedavg"]}.items():
-        curve = stats["curve_mean"]
-        style = "-" if name.startswith("C") else ("--" if name != "FedAvg" else ":")
-        ax.plot(range(len(curve)), curve, style, marker=".", label=name)
-    ax.set_xlabel("round (edge met); 0 = after Phase 0")
-    ax.set_ylabel("core test accuracy")
-    ax.set_title("Cloned distillation at CPU scale (CIFAR-10 head, resnet8)")
-    ax.grid(alpha=0.3)
-    ax.legend(ncol=3, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
-
-    seeds = summary["fedavg"]["seeds"]
-    lines = [
-        "| variant | final acc (mean ± std) | gain over Phase 0 | mean of last 3 rounds "
-        "| per seed | paper Fig. 5 (CIFAR-100) |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    rows = [*summary["variants"].items(), ("FedAvg", summary["fedavg"])]
-    for name, stats in rows:
-        per = ", ".join(f"{v:.3f}" for v in stats["per_seed"])
-        paper = f"{PAPER[name]:.2f} %" if name in PAPER else "—"
-        lines.append(
-            f"| {name} | {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
-            f"| {stats['gain_over_phase0_mean']:+.4f} | {stats['last3_acc_mean']:.4f} "
-            f"| {per} | {paper} |"
-        )
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
-    print(f"seeds {seeds}; command: {command}")
+def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """summary.json: per-variant statistics, the control, FedAvg and every paired claim."""
+    done = {
+        name: [runs[(name, s)] for s in seeds]
+        for name in ORDER
+        if all((name, s) in runs for s in seeds)
+    }
+    final = {name: [run["test_acc"][-1] for run in group] for name, group in done.items()}
+    last3 = {
+        name: [statistics.fmean(run["test_acc"][-3:]) for run in group]
+        for name, group in done.items()
+    }
+    pairs: dict[str, Any] = {}
+    for a, b in [*CLAIMS, *((v, "control") for v in VARIANTS)]:
+        if a in final and b in final:
+            pairs[f"{a}-{b}"] = paired(final[a], final[b])
+            pairs[f"{a}-{b}"]["last3"] = paired(last3[a], last3[b])
+    return {
+        "variants": {n: aggregate(done[n], seeds) for n in VARIANTS if n in done},
+        "fedavg": aggregate(done["fedavg"], seeds) if "fedavg" in done else None,
+        "controls": {"control": aggregate(done["control"], seeds)} if "control" in done else {},
+        "paired": pairs,
+        "seeds": seeds,
+        "calibration_seeds": json.loads(
+            (ROOT / "results" / "cloned_distillation" / "pilot.json").read_text()
+        ).get("seeds", []),
+        "missing": [n for n in ORDER if n not in done],
+        "setup": {
+            "data": "../shared/data/cifar10_head.npz (5,170 train / 1,017 test CIFAR-10)",
+            "profiles": "simulations/cloned-distillation/base.toml + <variant>.toml",
+            "engine": "python -m edgekd.local (in-process; see engine_check.json)",
+            "accuracy": "core test accuracy after the last round, as a fraction",
+            "paired": "A-B = A minus B per seed (same seed, same Phase 0); 95 % t-interval; "
+            "verdict on the claim A > B",
+        },
+    }
 
 
 def main() -> int:
-    """Run everything that is missing, then aggregate."""
+    """Run everything that is missing (in priority order), then write the summary."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=VARIANTS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--variants", nargs="+", default=ORDER)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgekd" / "runs"))
+    parser.add_argument("--report-only", action="store_true", help="no runs, only the tables")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cloned_distillation")
-    parser.add_argument(
-        "--extra",
-        nargs="*",
-        default=[],
-        help="extra 'key=value' run-config overrides for every run",
-    )
     args = parser.parse_args()
-    unknown = sorted(set(args.variants) - set(VARIANTS))
+    unknown = sorted(set(args.variants) - set(ORDER))
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}; valid: {VARIANTS} (FedAvg always runs)")
+        parser.error(f"unknown variant(s) {unknown}; valid: {ORDER}")
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(name, seed) for seed in args.seeds for name in [*args.variants, "fedavg"]]
-    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
-    with ThreadPoolExecutor(args.workers) as pool:
-        for future in [pool.submit(run_one, n, s, out, args.extra) for n, s in jobs]:
-            future.result()
-    summary = {
-        "variants": {name: aggregate(name, args.seeds, out) for name in args.variants},
-        "fedavg": aggregate("fedavg", args.seeds, out),
-        "setup": {
-            "data": "../shared/data/cifar10_head.npz (5,170 train / 1,017 test CIFAR-10)",
-            "profiles": "simulations/cloned-distillation/*.toml",
-            "extra_overrides": args.extra,
-            "accuracy": "core test accuracy after the last round, as a fraction",
-        },
-    }
+    extra = [f"cache-dir='{args.cache_dir}'"]
+    jobs = [(n, s) for n in ORDER if n in args.variants for s in args.seeds]
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.report_only:
+        for path in sorted((out / "compact").glob("*.json")):
+            run = json.loads(path.read_text())
+            runs[(run["name"], run["seed"])] = run
+    else:
+        print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+        with ThreadPoolExecutor(args.workers) as pool:
+            futures = {job: pool.submit(run_one, *job, out, extra) for job in jobs}
+            runs = {job: future.result() for job, future in futures.items()}
+    summary = summarise(runs, args.seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    command = "python scripts/reproduce_cloned_distillation.py " + " ".join(sys.argv[1:])
-    write_report(summary, out, command.strip())
+    from report_cloned_distillation import write_report
+
+    write_report(summary, out, PAPER)
     return 0
 
 
