@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from edgekd.metrics import consensus_change, prediction_consensus
+from edgekd.metrics import consensus_change, expected_calibration_error, prediction_consensus
 
 LABELS = torch.tensor([0, 1, 2, 3, 4])
 # Teacher correct on samples {0, 1, 2}; wrong on 3 and 4.
@@ -125,3 +125,52 @@ def test_prediction_consensus_shape_mismatch_raises(
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         prediction_consensus(teacher, student, labels)
+
+
+# Four samples, three classes, M = 2 bins [0, 0.5) and [0.5, 1]:
+# bin 1 holds confidences 0.9 (right) and 0.7 (wrong): acc 0.5, conf 0.8, weight 2/4;
+# bin 0 holds 0.4 (right) and 0.4 (wrong, argmax is class 2): acc 0.5, conf 0.4, weight 2/4.
+# ECE = 0.5 * 0.3 + 0.5 * 0.1 = 0.2.
+CAL_PROBS = torch.tensor(
+    [[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.4, 0.3, 0.3], [0.3, 0.3, 0.4]], dtype=torch.float64
+)
+CAL_LABELS = torch.tensor([0, 0, 0, 0])
+
+
+def test_ece_hand_computed_two_bins() -> None:
+    """ECE of a hand-made example with two bins is 0.2 (see the comment above)."""
+    assert expected_calibration_error(CAL_PROBS, CAL_LABELS, n_bins=2) == pytest.approx(0.2)
+
+
+def test_ece_one_bin_is_gap_between_mean_confidence_and_accuracy() -> None:
+    """With one bin the ECE is |accuracy - mean confidence| = |0.5 - 0.6| = 0.1."""
+    assert expected_calibration_error(CAL_PROBS, CAL_LABELS, n_bins=1) == pytest.approx(0.1)
+
+
+def test_ece_perfectly_calibrated_and_confident_is_zero() -> None:
+    """One-hot probabilities that are always right have ECE 0; always wrong, ECE 1."""
+    probs = torch.eye(3)
+    assert expected_calibration_error(probs, torch.tensor([0, 1, 2])) == 0.0
+    assert expected_calibration_error(probs, torch.tensor([1, 2, 0])) == 1.0
+
+
+def test_ece_rejects_bad_shapes_and_bins() -> None:
+    """Mismatched shapes and n_bins < 1 are errors that name the problem."""
+    with pytest.raises(ValueError, match="probs must be"):
+        expected_calibration_error(CAL_PROBS, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error(CAL_PROBS, CAL_LABELS, n_bins=0)
+
+
+@pytest.mark.parametrize("n_bins", [1, 5, 15])
+def test_ece_matches_torchmetrics(n_bins: int) -> None:
+    """Random softmax outputs give torchmetrics' MulticlassCalibrationError(norm="l1")."""
+    torchmetrics = pytest.importorskip("torchmetrics")
+    generator = torch.Generator().manual_seed(n_bins)
+    probs = torch.softmax(3 * torch.randn(500, 10, generator=generator), dim=1)
+    labels = torch.randint(0, 10, (500,), generator=generator)
+    reference = torchmetrics.classification.MulticlassCalibrationError(
+        num_classes=10, n_bins=n_bins, norm="l1"
+    )
+    expected = float(reference(probs, labels))
+    assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(expected, abs=1e-6)
