@@ -39,7 +39,11 @@ def run_description(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, 
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors."""
+    """SHA-256 over the names, dtypes, element counts and bytes of a state dict's tensors.
+
+    Tensors are flattened first, so a reshape alone does not change the digest; the model's
+    architecture is part of every cache key through the run config.
+    """
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous().reshape(-1)
