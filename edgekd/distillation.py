@@ -22,9 +22,11 @@ from edgekd.datasets import augment_batch
 from edgekd.losses import cloned_distillation_loss
 from edgekd.training import (
     LR_SCHEDULES,
+    EpochStats,
     TrainResult,
     make_lr_scheduler,
     make_optimizer,
+    optimizer_step,
     predict_logits,
 )
 
@@ -134,12 +136,12 @@ def distill(
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(student, lr, momentum, weight_decay)
     scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * math.ceil(pool.n / batch_size))
-    loss_sum, correct, seen = 0.0, 0, 0
+    stats = EpochStats()
     student.train()
     for epoch in range(epochs):
         offset = pool.view(epoch).start
         order = torch.randperm(pool.n, generator=generator) + offset
-        loss_sum, correct, seen = 0.0, 0, 0
+        stats = EpochStats()
         for start in range(0, pool.n, batch_size):
             rows = order[start : start + batch_size]
             xb, yb = pool.x[rows], pool.y[rows]
@@ -155,11 +157,6 @@ def distill(
                 )
             else:
                 loss = ce_weight * nn.functional.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(yb)
-            correct += int((logits.detach().argmax(1) == yb).sum())
-            seen += len(yb)
-    return TrainResult(loss_sum / max(seen, 1), correct / max(seen, 1), pool.n)
+            optimizer_step(optimizer, scheduler, loss)
+            stats.add(loss, logits, yb)
+    return stats.result(pool.n)

@@ -22,6 +22,7 @@ from edgekd.seeds import derive_seed
 
 __all__ = [
     "LR_SCHEDULES",
+    "EpochStats",
     "EvalResult",
     "TrainResult",
     "cosine_factor",
@@ -29,6 +30,7 @@ __all__ = [
     "evaluate",
     "make_lr_scheduler",
     "make_optimizer",
+    "optimizer_step",
     "predict_logits",
     "set_torch_threads",
     "train_supervised",
@@ -42,6 +44,38 @@ class TrainResult:
     loss: float
     accuracy: float
     num_examples: int
+
+
+@dataclass
+class EpochStats:
+    """Running sums of one epoch: loss times batch size, correct predictions, examples."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch's mean ``loss`` and the ``logits``' correct predictions."""
+        self.loss_sum += float(loss.detach()) * len(labels)
+        self.correct += int((logits.detach().argmax(1) == labels).sum())
+        self.seen += len(labels)
+
+    def result(self, num_examples: int) -> TrainResult:
+        """Mean loss and accuracy over the batches added so far."""
+        seen = max(self.seen, 1)
+        return TrainResult(self.loss_sum / seen, self.correct / seen, num_examples)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+) -> None:
+    """One SGD step on ``loss``, then the learning rate of the next step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
 
 
 @dataclass(frozen=True)
@@ -175,9 +209,9 @@ def train_supervised(
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
     scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * len(loader))
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    stats = EpochStats()
     for _ in range(epochs):
-        loss_sum, correct, seen = 0.0, 0, 0
+        stats = EpochStats()
         for xb, yb in loader:
             logits = model(xb)
             if label_noise != "none" and float(torch.rand(1, generator=noise)) < label_noise_p:
@@ -185,14 +219,9 @@ def train_supervised(
             loss = F.cross_entropy(logits, yb)
             if proximal_mu > 0 and global_params is not None:
                 loss = loss + prox_term(model, global_params, proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(yb)
-            correct += int((logits.detach().argmax(1) == yb).sum())
-            seen += len(yb)
-    return TrainResult(loss_sum / max(seen, 1), correct / max(seen, 1), len(x))
+            optimizer_step(optimizer, scheduler, loss)
+            stats.add(loss, logits, yb)
+    return stats.result(len(x))
 
 
 def _corrupt(

@@ -48,7 +48,7 @@ of the consensus with a logged reason; the round goes on with the others.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -94,11 +94,28 @@ SCORES = "fedmd-scores"
 WITH_REPRESENTATIONS = "with-representations"
 
 
+_KINDS: dict[str, type] = {"bool": bool, "float": float, "int": int, "str": str}
+
+
 def _require(config: Mapping[str, Any], key: str, kind: type) -> Any:
     """Read a key the server always sends; a missing key is a protocol error."""
     if key not in config:
         raise ValueError(f"FedMD message config lacks the key {key!r}")
     return config_value(config, key, None, kind)
+
+
+def _read_fields(cls: type, config: Mapping[str, Any], skip: str = "") -> dict[str, Any]:
+    """The fields of dataclass ``cls``, read from their kebab-case keys."""
+    return {
+        f.name: _require(config, f.name.replace("_", "-"), _KINDS[str(f.type)])
+        for f in fields(cls)
+        if f.name != skip
+    }
+
+
+def _kebab_fields(instance: Any) -> dict[str, Any]:
+    """A dataclass instance's fields under their kebab-case keys."""
+    return {f.name.replace("_", "-"): getattr(instance, f.name) for f in fields(instance)}
 
 
 @dataclass(frozen=True)
@@ -146,36 +163,13 @@ class FedMDSetup:
         )
         if not models:
             raise ValueError("FedMD message config has an empty 'client-models'")
-        return cls(
-            server_round=_require(config, "server-round", int),
-            client_models=models,
-            representation_dim=_require(config, "representation-dim", int),
-            public_source=_require(config, "public-source", str),
-            public_fraction=_require(config, "public-fraction", float),
-            pretrain_public_epochs=_require(config, "pretrain-public-epochs", int),
-            pretrain_private_epochs=_require(config, "pretrain-private-epochs", int),
-            private_test_size=_require(config, "private-test-size", int),
-            seed=_require(config, "seed", int),
-            shared_init=_require(config, "shared-init", bool),
-        )
+        return cls(client_models=models, **_read_fields(cls, config, skip="client_models"))
 
     def to_config(self, **extra: Any) -> ConfigRecord:
         """The message ``ConfigRecord`` of this setup, plus ``extra`` keys."""
-        return ConfigRecord(
-            {
-                "server-round": self.server_round,
-                "client-models": ",".join(self.client_models),
-                "representation-dim": self.representation_dim,
-                "public-source": self.public_source,
-                "public-fraction": self.public_fraction,
-                "pretrain-public-epochs": self.pretrain_public_epochs,
-                "pretrain-private-epochs": self.pretrain_private_epochs,
-                "private-test-size": self.private_test_size,
-                "seed": self.seed,
-                "shared-init": self.shared_init,
-                **extra,
-            }
-        )
+        values = _kebab_fields(self)
+        values["client-models"] = ",".join(self.client_models)
+        return ConfigRecord({**values, **extra})
 
     def model_name(self, partition_id: int) -> str:
         """The architecture of partition ``partition_id`` (round-robin)."""
@@ -200,25 +194,11 @@ class DigestSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DigestSettings:
         """Parse the train keys of a message's ``ConfigRecord``."""
-        return cls(
-            digest_epochs=_require(config, "digest-epochs", int),
-            digest_lr=_require(config, "digest-lr", float),
-            temperature=_require(config, "temperature", float),
-            logit_loss=_require(config, "logit-loss", str),
-            latent_weight=_require(config, "latent-weight", float),
-            revisit_epochs=_require(config, "revisit-epochs", int),
-        )
+        return cls(**_read_fields(cls, config))
 
     def to_config(self) -> dict[str, Any]:
         """The train keys, to add to the setup's ``ConfigRecord``."""
-        return {
-            "digest-epochs": self.digest_epochs,
-            "digest-lr": self.digest_lr,
-            "temperature": self.temperature,
-            "logit-loss": self.logit_loss,
-            "latent-weight": self.latent_weight,
-            "revisit-epochs": self.revisit_epochs,
-        }
+        return _kebab_fields(self)
 
 
 def check_public_source(source: str, fraction: float) -> None:
