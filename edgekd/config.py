@@ -1,23 +1,35 @@
 """Run configuration: every tunable of ``[tool.flwr.app.config]`` parsed once.
 
 Flower delivers the app configuration as ``context.run_config`` (kebab-case keys, TOML types).
-:func:`ExperimentConfig.from_run_config` turns it into a frozen, validated dataclass so the rest
-of the code never converts config values ad hoc. Keys that a strategy defines for itself (for
-example the cloned-distillation keys) are parsed by that strategy's own config class.
+One parser, :func:`parse_section`, turns the keys of one prefix into a frozen, validated
+dataclass whose field ``some_name`` is the key ``<prefix>some-name``: the shared keys
+(:class:`ExperimentConfig`, no prefix), ``sim-*`` (:class:`SimulatedEdges`) and each
+strategy's own keys (``cd-*``, ``async-*``, ``fedmd-*``). :func:`check_known_keys` refuses
+keys the app does not define, as ``flwr run`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["ExperimentConfig", "SimulatedEdges", "config_value"]
+__all__ = [
+    "ExperimentConfig",
+    "SimulatedEdges",
+    "check_at_least",
+    "check_choice",
+    "check_known_keys",
+    "check_positive",
+    "config_key",
+    "config_value",
+    "parse_section",
+]
 
-_MISSING = object()
+T = TypeVar("T")
 
 
 def config_value(run_config: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
@@ -54,6 +66,69 @@ def config_value(run_config: Mapping[str, Any], key: str, default: Any, kind: ty
         raise ValueError(
             f"run config key {key!r} must be a {kind.__name__}, got {value!r}"
         ) from err
+
+
+def config_key(prefix: str, name: str) -> str:
+    """The run-config key of dataclass field ``name`` in section ``prefix`` (kebab-case)."""
+    return prefix + name.replace("_", "-")
+
+
+def parse_section(cls: type[T], run_config: Mapping[str, Any], prefix: str = "") -> T:
+    """Build the frozen dataclass ``cls`` from the ``prefix`` keys of ``run_config``.
+
+    Field ``some_name`` is read from key ``<prefix>some-name`` as the type of its default
+    (absent keys take the default). A field may declare ``metadata={"kind": type, "parse":
+    callable}`` to read the key as ``kind`` and convert the value with ``parse`` (e.g. a
+    comma-separated list into a tuple). Errors name the key and the value.
+    """
+    values: dict[str, Any] = {}
+    for spec in fields(cls):  # type: ignore[arg-type]
+        key = config_key(prefix, spec.name)
+        default = spec.default
+        kind = spec.metadata.get("kind", type(default))
+        raw_default = spec.metadata.get("raw-default", default)
+        value = config_value(run_config, key, raw_default, kind)
+        parse: Callable[[Any], Any] | None = spec.metadata.get("parse")
+        values[spec.name] = parse(value) if parse is not None else value
+    return cls(**values)
+
+
+def check_known_keys(
+    run_config: Iterable[str], known: Iterable[str], *, source: str = "the app"
+) -> None:
+    """Refuse keys that are not in ``known`` (the app's ``[tool.flwr.app.config]``).
+
+    Raises one ``ValueError`` naming the unknown key(s), as ``flwr run`` refuses them.
+    """
+    valid = set(known)
+    unknown = sorted(set(run_config) - valid)
+    if unknown:
+        listed = ", ".join(repr(k) for k in unknown)
+        raise ValueError(
+            f"unknown run-config key{'s' if len(unknown) > 1 else ''} {listed}: "
+            f"not defined in {source}'s [tool.flwr.app.config]"
+        )
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``, naming ``key``."""
+    valid = tuple(choices)
+    if value not in valid:
+        raise ValueError(f"{key} must be one of {valid}, got {value!r}")
+
+
+def check_at_least(items: Iterable[tuple[str, float, float]]) -> None:
+    """Raise ``ValueError`` for the first ``(key, value, low)`` with ``value < low``."""
+    for key, value, low in items:
+        if value < low:
+            raise ValueError(f"{key} must be >= {low}, got {value}")
+
+
+def check_positive(items: Iterable[tuple[str, float]]) -> None:
+    """Raise ``ValueError`` for the first ``(key, value)`` whose value is not > 0."""
+    for key, value in items:
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -130,16 +205,33 @@ class ExperimentConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
         """Parse ``context.run_config`` (kebab-case keys); absent keys take the defaults."""
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            key = field.name.replace("_", "-")
-            kind = type(field.default)
-            values[field.name] = config_value(run_config, key, field.default, kind)
-        return cls(**values)
+        return parse_section(cls, run_config)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """Return a copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _parse_lag(text: str) -> tuple[tuple[int, float, float], ...]:
+    lag = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            pid_text, _, delay = item.partition(":")
+            low_text, _, high_text = delay.partition("-")
+            low = float(low_text)
+            lag.append((int(pid_text), low, float(high_text) if high_text else low))
+        except ValueError as err:
+            raise ValueError(
+                f"sim-lag-edges entry {item!r} is not 'pid:seconds' or 'pid:low-high'"
+            ) from err
+    return tuple(lag)
+
+
+def _parse_noisy(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError as err:
+        raise ValueError(f"sim-noisy-edges must list partition ids, got {text!r}") from err
 
 
 @dataclass(frozen=True)
@@ -154,8 +246,12 @@ class SimulatedEdges:
     labels replaced by another class).
     """
 
-    lag: tuple[tuple[int, float, float], ...] = ()
-    noisy: tuple[int, ...] = ()
+    lag_edges: tuple[tuple[int, float, float], ...] = field(
+        default=(), metadata={"kind": str, "raw-default": "", "parse": _parse_lag}
+    )
+    noisy_edges: tuple[int, ...] = field(
+        default=(), metadata={"kind": str, "raw-default": "", "parse": _parse_noisy}
+    )
     noise_p: float = 0.5
     noise_mode: str = "shuffle"
 
@@ -172,31 +268,17 @@ class SimulatedEdges:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SimulatedEdges:
         """Parse the ``sim-*`` keys (absent keys: no lag, no noise)."""
-        lag_text = config_value(run_config, "sim-lag-edges", "", str)
-        lag = []
-        for item in filter(None, (part.strip() for part in lag_text.split(","))):
-            try:
-                pid_text, _, delay = item.partition(":")
-                low_text, _, high_text = delay.partition("-")
-                low = float(low_text)
-                lag.append((int(pid_text), low, float(high_text) if high_text else low))
-            except ValueError as err:
-                raise ValueError(
-                    f"sim-lag-edges entry {item!r} is not 'pid:seconds' or 'pid:low-high'"
-                ) from err
-        noisy_text = config_value(run_config, "sim-noisy-edges", "", str)
-        try:
-            noisy = tuple(int(p) for p in noisy_text.split(",") if p.strip())
-        except ValueError as err:
-            raise ValueError(
-                f"sim-noisy-edges must list partition ids, got {noisy_text!r}"
-            ) from err
-        return cls(
-            lag=tuple(lag),
-            noisy=noisy,
-            noise_p=config_value(run_config, "sim-noise-p", 0.5, float),
-            noise_mode=config_value(run_config, "sim-noise-mode", "shuffle", str),
-        )
+        return parse_section(cls, run_config, "sim-")
+
+    @property
+    def lag(self) -> tuple[tuple[int, float, float], ...]:
+        """``(partition, low, high)`` delay ranges of ``sim-lag-edges``."""
+        return self.lag_edges
+
+    @property
+    def noisy(self) -> tuple[int, ...]:
+        """The partition ids of ``sim-noisy-edges``."""
+        return self.noisy_edges
 
     def delay(self, partition_id: int, seed: int) -> float:
         """Seconds the ClientApp of ``partition_id`` waits before replying."""

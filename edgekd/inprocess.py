@@ -1,8 +1,8 @@
 """An in-process Flower ``Grid`` that delivers real messages to a ClientApp in this process.
 
-Useful to test a strategy with real :class:`flwr.app.Message` objects and a real ClientApp
-without starting a SuperLink or Ray, and to run an experiment as a plain in-process loop (the
-"raw loop" of the overhead benchmark). Semantics follow Flower's grids:
+:mod:`edgekd.local` runs experiments on it (the "raw loop" of the overhead benchmark), and
+tests use it to drive a strategy with real :class:`flwr.app.Message` objects and a real
+ClientApp without a SuperLink or Ray. Semantics follow Flower's grids:
 
 - ``push_messages`` returns one id per message; the ClientApp runs when the reply is first
   pulled (or immediately with ``eager=True``).

@@ -36,7 +36,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekd.config import check_known_keys
+from edgekd.processes import flower_env, free_port, stop_process
+
 __all__ = [
     "LaunchError",
+    "app_run_config",
     "effective_run_config",
     "flwr_run_command",
     "format_pairs",
@@ -63,25 +66,6 @@ __all__ = [
 
 class LaunchError(RuntimeError):
     """The SuperLink could not be started or the run failed."""
-
-
-def _env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower's executables: this interpreter's bin first, private FLWR_HOME."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
-    return {
-        **os.environ,
-        "PATH": path,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _parse_pairs(text: str) -> dict[str, Any]:
@@ -112,10 +96,28 @@ def run_config_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def effective_run_config(app_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of ``app_dir`` with ``--run-config`` overrides applied."""
-    pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    return {**pyproject["tool"]["flwr"]["app"]["config"], **run_config_overrides(overrides)}
+def app_run_config(app_dir: Path) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app in ``app_dir``: every valid key, with defaults."""
+    pyproject_file = app_dir / "pyproject.toml"
+    if not pyproject_file.is_file():
+        raise LaunchError(f"no pyproject.toml in the app directory {app_dir}")
+    pyproject = tomllib.loads(pyproject_file.read_text())
+    return dict(pyproject["tool"]["flwr"]["app"]["config"])
+
+
+def effective_run_config(
+    app_dir: Path, overrides: Sequence[str], *, check_keys: bool = True
+) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of ``app_dir`` with ``--run-config`` overrides applied.
+
+    With ``check_keys`` an override whose key the app does not define is refused
+    (``ValueError`` naming it), as ``flwr run`` does.
+    """
+    defaults = app_run_config(app_dir)
+    merged = run_config_overrides(overrides)
+    if check_keys:
+        check_known_keys(merged, defaults, source=str(app_dir / "pyproject.toml"))
+    return {**defaults, **merged}
 
 
 def _toml_value(key: str, value: Any) -> str:
@@ -153,58 +155,6 @@ def _wait_healthy(port: int, process: subprocess.Popen[bytes], log_file: Path) -
     raise LaunchError(f"flower-superlink did not become healthy within 60 s; see {log_file}")
 
 
-def _sessions_using_port(port: int) -> set[int]:
-    """Session ids of Flower processes (other than ours) whose command line names ``port``.
-
-    The simulation (``flwr-simulation --runtime-api-address 127.0.0.1:PORT``) starts in a
-    session of its own, with Ray's processes under it; Linux only (``/proc``).
-    """
-    sessions: set[int] = set()
-    needle = f"127.0.0.1:{port}".encode()
-    own = os.getsid(0)
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes()
-            if needle in cmdline and b"flwr" in cmdline:
-                sid = os.getsid(int(entry.name))
-                if sid != own:
-                    sessions.add(sid)
-    return sessions
-
-
-def _kill_sessions(sessions: set[int]) -> None:
-    """SIGKILL every process of the given sessions."""
-    if not sessions:
-        return
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            pid = int(entry.name)
-            if os.getsid(pid) in sessions:
-                os.kill(pid, signal.SIGKILL)
-
-
-def _stop(process: subprocess.Popen[bytes], port: int | None = None) -> None:
-    """Terminate the process group of ``process`` (SuperLink, SuperExec) and its simulation."""
-    stray = _sessions_using_port(port) if port is not None else set()
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    if port is not None:
-        # a simulation that was still shutting down gets up to a second to exit by itself
-        deadline = time.monotonic() + 1.0
-        while _sessions_using_port(port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _kill_sessions(stray | _sessions_using_port(port))
-
-
 @contextlib.contextmanager
 def private_superlink(flwr_home: Path) -> Iterator[str]:
     """Start a simulation SuperLink and yield the name of a connection to it in ``flwr_home``.
@@ -213,7 +163,7 @@ def private_superlink(flwr_home: Path) -> Iterator[str]:
     ``--federation-config`` (the connection's ``options.`` fields are deprecated, and ignored
     as soon as any ``--federation-config`` is given).
     """
-    port = _free_port()
+    port = free_port()
     log_file = flwr_home / "superlink.log"
     (flwr_home / "config.toml").write_text(
         "[superlink]\n"
@@ -222,7 +172,7 @@ def private_superlink(flwr_home: Path) -> Iterator[str]:
         f'address = "127.0.0.1:{port}"\n'
         "insecure = true\n"
     )
-    env = _env(flwr_home)
+    env = flower_env(flwr_home)
     command = [
         str(Path(sys.executable).with_name("flower-superlink")),
         "--insecure",
@@ -248,7 +198,7 @@ def private_superlink(flwr_home: Path) -> Iterator[str]:
         _wait_healthy(port, process, log_file)
         yield "edgekd-local"
     finally:
-        _stop(process, port)
+        stop_process(process, port)
 
 
 PATH_KEYS = ("npz-path", "data-dir", "output-dir", "cache-dir")
@@ -306,13 +256,23 @@ def run_config_arguments(
     return command
 
 
-# What Flower packs into a FAB (flwr.common.constant.FAB_INCLUDE_PATTERNS) and the directories
-# its built-in FAB_EXCLUDE_PATTERNS drop at the app root.
-FAB_SUFFIXES = (".py", ".toml", ".md", ".yaml", ".yml", ".json", ".jsonl")
-ROOT_EXCLUDED_DIRS = frozenset(
-    {".flwr", "build", "eggs", ".eggs", "lib", "lib64", "parts", ".venv", "env", "venv", "ENV"}
-    | {"env.bak", "venv.bak"}
-)
+def _flower_fab_rules() -> tuple[tuple[str, ...], frozenset[str], frozenset[str]]:
+    """Flower's built-in FAB rules, read from ``flwr.common.constant``.
+
+    Returns the file suffixes of ``FAB_INCLUDE_PATTERNS`` (``**/*.py`` ...), the root-level
+    file names it includes (``/LICENSE``) and the root directories ``FAB_EXCLUDE_PATTERNS``
+    drops whole (``.venv/**`` ...).
+    """
+    from flwr.common.constant import FAB_EXCLUDE_PATTERNS, FAB_INCLUDE_PATTERNS
+
+    suffixes = tuple(p.removeprefix("**/*") for p in FAB_INCLUDE_PATTERNS if p.startswith("**/*."))
+    root_files = frozenset(p[1:] for p in FAB_INCLUDE_PATTERNS if p.rfind("/") == 0)
+    root_dirs = frozenset(
+        p.removesuffix("/**")
+        for p in FAB_EXCLUDE_PATTERNS
+        if p.endswith("/**") and not any(c in p.removesuffix("/**") for c in "*/")
+    )
+    return suffixes, root_files, root_dirs
 
 
 def stage_app(app: Path, dest: Path) -> Path:
@@ -323,9 +283,12 @@ def stage_app(app: Path, dest: Path) -> Path:
     directories whose files Flower drops anyway: ``__pycache__``, Flower's built-in root
     excludes (``.venv``, ``build``, ...) and directories ignored by the app's ``.gitignore``
     (CI's ``.ci-venv``, ``results/runs``). It copies files with the FAB's suffixes, ``LICENSE``
-    and ``.gitignore``; Flower then applies its own rules to the copy, so the FAB is the same.
+    and ``.gitignore`` (all taken from Flower's constants); Flower then applies its own rules
+    and the app's ``fab-include``/``fab-exclude`` to the copy, so the FAB is the same.
     """
     import pathspec
+
+    suffixes, root_files, root_dirs = _flower_fab_rules()
 
     gitignore = app / ".gitignore"
     lines = gitignore.read_text(encoding="utf-8").splitlines() if gitignore.is_file() else []
@@ -343,7 +306,7 @@ def stage_app(app: Path, dest: Path) -> Path:
             rel = (rel_dir / name).as_posix()
             pruned = (
                 name == "__pycache__"
-                or (rel_dir == Path(".") and name in ROOT_EXCLUDED_DIRS)
+                or (rel_dir == Path(".") and name in root_dirs)
                 or ignored.match_file(rel + "/")
             )
             if not pruned:
@@ -352,7 +315,7 @@ def stage_app(app: Path, dest: Path) -> Path:
         for name in filenames:
             source = here / name
             rel = (rel_dir / name).as_posix()
-            wanted = name.endswith(FAB_SUFFIXES) or rel in {"LICENSE", ".gitignore"}
+            wanted = name.endswith(suffixes) or rel in root_files | {".gitignore"}
             if wanted and not source.is_symlink():
                 target = dest / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +376,7 @@ def launch(
         staged = stage_app(app, home / "app")
         connection = stack.enter_context(private_superlink(home))
         command = flwr_run_command(app, connection, run_config, federation, staged=staged)
-        env = _env(home)
+        env = flower_env(home)
         completed = subprocess.run(command, env=env, timeout=timeout, check=False)
         listing = subprocess.run(
             [str(Path(sys.executable).with_name("flwr")), "ls", connection, "--format", "json"],
@@ -423,6 +386,13 @@ def launch(
             check=False,
         )
         return _run_outcome(completed.returncode, listing.stdout)
+
+
+def _check(app: Path, run_config: Sequence[str]) -> None:
+    """Refuse unknown keys and bad values before any process starts (``ValueError``)."""
+    from edgekd.runner import check_run_config
+
+    check_run_config(effective_run_config(app, run_config), app_run_config(app), plugin_keys=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -456,6 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    try:
+        _check(Path(args.app).resolve(), args.run_config)
+    except (ValueError, LaunchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)  # run the clean-up on SIGTERM as on Ctrl-C
     try:
         return launch(

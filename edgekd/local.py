@@ -1,9 +1,12 @@
 """Run an experiment in this process: same ServerApp logic, ClientApp and real Flower messages.
 
 ``run_local`` reads ``[tool.flwr.app.config]`` of the app plus ``--run-config`` overrides exactly
-like :mod:`edgekd.launch`, but delivers the messages through :class:`edgekd.testing.InProcessGrid`
-instead of a SuperLink and Ray. Used for reproductions that run many short experiments on a
-small machine, and as the "raw loop" side of the overhead benchmark.
+like :mod:`edgekd.launch`, but delivers the messages through
+:class:`edgekd.inprocess.InProcessGrid` instead of a SuperLink and Ray. Like ``flwr run``, it
+refuses a key the app does not define (a plugin's own keys excepted, see
+:mod:`edgekd.strategies.registry`); a bad key or value exits with status 2 and one line.
+Used for reproductions that run many short experiments on a small machine, and as the
+"raw loop" side of the overhead benchmark.
 
 Usage::
 
@@ -24,9 +27,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from edgekd.clients.app import app as client_app
 from edgekd.config import ExperimentConfig
-from edgekd.launch import PATH_KEYS, effective_run_config
-from edgekd.server.app import make_output_dir, run_experiment
-from edgekd.testing import InProcessGrid
+from edgekd.inprocess import InProcessGrid
+from edgekd.launch import PATH_KEYS, LaunchError, app_run_config, effective_run_config
+from edgekd.runner import check_run_config, make_output_dir, run_experiment
 from edgekd.training import set_torch_threads
 
 __all__ = ["main", "run_local"]
@@ -89,7 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="background threads running ClientApp calls (0: sequential)",
     )
     args = parser.parse_args(argv)
-    config = effective_run_config(Path(args.app).resolve(), args.run_config)
+    app = Path(args.app).resolve()
+    try:
+        config = effective_run_config(app, args.run_config, check_keys=False)
+        check_run_config(config, app_run_config(app))
+    except (ValueError, LaunchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = run_local(
         config,
         Path(args.out_dir) if args.out_dir else None,

@@ -43,7 +43,8 @@ from typing import Any, TextIO
 from flwr.common.logger import log
 
 from edgekd.deploy.certs import DevCredentials
-from edgekd.launch import _env, _free_port, _stop, run_config_arguments
+from edgekd.launch import run_config_arguments
+from edgekd.processes import flower_env, free_port, stop_process
 
 __all__ = [
     "CONNECTION",
@@ -270,7 +271,7 @@ class LocalDeployment:
 
     def env(self, flwr_home: Path | None = None) -> dict[str, str]:
         """Environment for Flower executables: this venv's bin first, a private FLWR_HOME."""
-        return _env(flwr_home or self.flwr_home)
+        return flower_env(flwr_home or self.flwr_home)
 
     def _executable(self, name: str) -> str:
         return str(Path(sys.executable).with_name(name))
@@ -362,7 +363,7 @@ class LocalDeployment:
         """Start the SuperLink, wait until it is healthy and write the connection."""
         if self.superlink is not None:
             return self
-        self.port = _free_port()
+        self.port = free_port()
         command = [
             self._executable("flower-superlink"),
             "--host",
@@ -449,7 +450,7 @@ class LocalDeployment:
             "--host",
             self.host,
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--node-config",
             config,
         ]
@@ -562,7 +563,7 @@ class LocalDeployment:
         try:
             return process.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _stop(process.popen)
+            stop_process(process.popen)
             return 124
         finally:
             stop.set()
@@ -620,7 +621,7 @@ class LocalDeployment:
         """
         descendants = self._remember_descendants()
         for process in self._roots():
-            _stop(process.popen)
+            stop_process(process.popen)
         table = _process_table()
         leftover = {
             pid for pid in descendants | _descendants([p.pid for p in self._roots()], table)

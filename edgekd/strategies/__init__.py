@@ -10,10 +10,12 @@ from edgekd.strategies.registry import (
     StrategyContext,
     StrategyFactory,
     build_strategy,
+    check_strategy_config,
     import_plugins,
     list_strategies,
     register_strategy,
     resolve_strategy,
+    section_keys,
 )
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "StrategyFactory",
     "async_cloned_distillation",
     "build_strategy",
+    "check_strategy_config",
     "cloned_distillation",
     "fedmd",
     "flower_baselines",
@@ -28,4 +31,5 @@ __all__ = [
     "list_strategies",
     "register_strategy",
     "resolve_strategy",
+    "section_keys",
 ]

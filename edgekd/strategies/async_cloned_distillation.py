@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from edgekd.config import ExperimentConfig, config_value
+from edgekd.config import ExperimentConfig, check_choice, parse_section
 from edgekd.protocol import METRICS
-from edgekd.results import RunRecorder
 from edgekd.strategies.cloned_distillation import (
     ClonedDistillation,
     ClonedDistillationConfig,
 )
+from edgekd.strategies.common import scalar_metrics
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = ["AsyncClonedDistillation", "AsyncConfig", "staleness_weight"]
@@ -89,19 +89,9 @@ class AsyncConfig:
 
     def __post_init__(self) -> None:
         """Validate, naming the bad value."""
-        if self.late_policy not in LATE_POLICIES:
-            raise ValueError(
-                f"async-late-policy must be one of {LATE_POLICIES}, got {self.late_policy!r}"
-            )
-        if self.final_policy not in FINAL_POLICIES:
-            raise ValueError(
-                f"async-final-policy must be one of {FINAL_POLICIES}, got {self.final_policy!r}"
-            )
-        if self.staleness_weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"async-staleness-weighting must be one of {WEIGHTINGS}, "
-                f"got {self.staleness_weighting!r}"
-            )
+        check_choice("async-late-policy", self.late_policy, LATE_POLICIES)
+        check_choice("async-final-policy", self.final_policy, FINAL_POLICIES)
+        check_choice("async-staleness-weighting", self.staleness_weighting, WEIGHTINGS)
         for key, value in [
             ("async-round-wait", self.round_wait),
             ("async-edge-deadline", self.edge_deadline),
@@ -115,13 +105,7 @@ class AsyncConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AsyncConfig:
         """Parse the ``async-*`` keys."""
-        values = {
-            name: config_value(
-                run_config, "async-" + name.replace("_", "-"), spec.default, type(spec.default)
-            )
-            for name, spec in cls.__dataclass_fields__.items()
-        }
-        return cls(**values)
+        return parse_section(cls, run_config, "async-")
 
 
 @dataclass
@@ -142,9 +126,11 @@ class AsyncClonedDistillation(ClonedDistillation):
         Cloned-distillation settings (variant, P, M, schedules, detection).
     async_config : AsyncConfig
         Waiting, deadline, late and final policies, staleness weighting.
-    recorder : RunRecorder, optional
-        Receives per-round metrics and ``teachers.json`` (one record per returned edge:
-        dispatch round, consumed round, staleness, weight, status).
+
+    Notes
+    -----
+    Besides the per-round report, :meth:`run_files` gives ``teachers.json``: one record per
+    returned edge (dispatch round, consumed round, staleness, weight, status).
     """
 
     def __init__(
@@ -152,10 +138,8 @@ class AsyncClonedDistillation(ClonedDistillation):
         config: ExperimentConfig,
         cd_config: ClonedDistillationConfig,
         async_config: AsyncConfig,
-        *,
-        recorder: RunRecorder | None = None,
     ) -> None:
-        super().__init__(config, cd_config, recorder=recorder)
+        super().__init__(config, cd_config)
         self.async_config = async_config
         self.pending: dict[str, _Pending] = {}
         self.teacher_log: list[dict[str, Any]] = []
@@ -179,8 +163,10 @@ class AsyncClonedDistillation(ClonedDistillation):
 
     def _record(self, entry: dict[str, Any]) -> None:
         self.teacher_log.append(entry)
-        if self.recorder is not None:
-            self.recorder.save_json("teachers.json", self.teacher_log)
+
+    def run_files(self) -> Mapping[str, Any]:
+        """``teachers.json``: what became of every dispatched edge (once there is one)."""
+        return {"teachers.json": list(self.teacher_log)} if self.teacher_log else {}
 
     def _consume(self, grid: Grid, current_round: int) -> list[dict[str, Any]]:
         """Pull every outstanding reply that is ready and distil (or discard) it."""
@@ -278,14 +264,14 @@ class AsyncClonedDistillation(ClonedDistillation):
         """Phase 0, then one push per round and non-blocking pulls; then drain or drop."""
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
-        self.request_node_map(grid)
+        self.nodes.request(grid)
         self.phase0()
         result = Result()
         arrays = self._state(self.model)
         result.arrays = arrays
         if evaluate_fn is not None:
             result.evaluate_metrics_serverapp[0] = evaluate_fn(0, arrays)
-        self._map_nodes(grid)
+        self.nodes.map(grid, self.cd.round_timeout)
         config = train_config or ConfigRecord()
         wait = self.async_config
         for server_round in range(1, num_rounds + 1):
@@ -307,10 +293,8 @@ class AsyncClonedDistillation(ClonedDistillation):
             arrays = self._state(self.model)
             result.arrays = arrays
             metrics = self._round_metrics(consumed, edge)
-            self._log(server_round, metrics)
-            result.train_metrics_clientapp[server_round] = MetricRecord(
-                {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-            )
+            self.report(server_round, metrics)
+            result.train_metrics_clientapp[server_round] = scalar_metrics(metrics)
             if evaluate_fn is not None:
                 result.evaluate_metrics_serverapp[server_round] = evaluate_fn(server_round, arrays)
         self._finish(grid, num_rounds, result, evaluate_fn)
@@ -357,17 +341,19 @@ class AsyncClonedDistillation(ClonedDistillation):
         result.arrays = arrays
         metrics = self._round_metrics(consumed, -1)
         metrics.update({"phase": "drain", "dropped-count": len(dropped)})
-        self._log(final_round, metrics)
+        self.report(final_round, metrics)
         if evaluate_fn is not None:
             result.evaluate_metrics_serverapp[final_round] = evaluate_fn(final_round, arrays)
 
 
-@register_strategy("async-cloned-distillation")
+@register_strategy(
+    "async-cloned-distillation",
+    sections={"cd-": ClonedDistillationConfig, "async-": AsyncConfig},
+)
 def build_async_cloned_distillation(context: StrategyContext) -> AsyncClonedDistillation:
     """Factory for ``strategy = "async-cloned-distillation"`` (keys ``cd-*`` and ``async-*``)."""
     return AsyncClonedDistillation(
         context.config,
         ClonedDistillationConfig.from_run_config(context.run_config),
         AsyncConfig.from_run_config(context.run_config),
-        recorder=context.recorder,
     )

@@ -78,13 +78,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from edgekd.config import ExperimentConfig, config_value
+from edgekd.config import (
+    ExperimentConfig,
+    check_at_least,
+    check_choice,
+    check_positive,
+    parse_section,
+)
 from edgekd.datasets import load_dataset
 from edgekd.experiment import experiment_split, load_bundle
 from edgekd.losses import consensus_logits
 from edgekd.models import build_model, count_parameters, list_models
-from edgekd.protocol import ARRAYS, CONFIG, METRICS, WHOAMI
-from edgekd.results import RunRecorder
+from edgekd.protocol import ARRAYS, CONFIG, METRICS
+from edgekd.strategies.common import NodeMapper, RoundReports, error_reason
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = [
@@ -180,17 +186,9 @@ class FedMDConfig:
 
     def __post_init__(self) -> None:
         """Validate every value, naming the bad key."""
-        if self.method not in METHODS:
-            raise ValueError(f"fedmd-method must be one of {METHODS}, got {self.method!r}")
-        if self.logit_loss not in LOGIT_LOSSES:
-            raise ValueError(
-                f"fedmd-logit-loss must be one of {LOGIT_LOSSES}, got {self.logit_loss!r}"
-            )
-        if self.consensus_weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"fedmd-consensus-weighting must be one of {WEIGHTINGS}, "
-                f"got {self.consensus_weighting!r}"
-            )
+        check_choice("fedmd-method", self.method, METHODS)
+        check_choice("fedmd-logit-loss", self.logit_loss, LOGIT_LOSSES)
+        check_choice("fedmd-consensus-weighting", self.consensus_weighting, WEIGHTINGS)
         unknown = [m for m in self.models if m not in list_models()]
         if not self.models or unknown:
             raise ValueError(
@@ -208,39 +206,27 @@ class FedMDConfig:
             )
         if self.public_source == "split" and not 0.0 < self.public_fraction < 1.0:
             raise ValueError(f"fedmd-public-fraction must be in (0, 1), got {self.public_fraction}")
-        for key, value, low in [
-            ("fedmd-representation-dim", self.representation_dim, 1),
-            ("fedmd-alignment-size", self.alignment_size, 1),
-            ("fedmd-pretrain-public-epochs", self.pretrain_public_epochs, 0),
-            ("fedmd-pretrain-private-epochs", self.pretrain_private_epochs, 0),
-            ("fedmd-digest-epochs", self.digest_epochs, 0),
-            ("fedmd-revisit-epochs", self.revisit_epochs, 0),
-            ("fedmd-private-test-size", self.private_test_size, 1),
-        ]:
-            if value < low:
-                raise ValueError(f"{key} must be >= {low}, got {value}")
-        for key, value in [
-            ("fedmd-digest-lr", self.digest_lr),
-            ("fedmd-temperature", self.temperature),
-        ]:
-            if not value > 0:
-                raise ValueError(f"{key} must be > 0, got {value}")
+        check_at_least(
+            [
+                ("fedmd-representation-dim", self.representation_dim, 1),
+                ("fedmd-alignment-size", self.alignment_size, 1),
+                ("fedmd-pretrain-public-epochs", self.pretrain_public_epochs, 0),
+                ("fedmd-pretrain-private-epochs", self.pretrain_private_epochs, 0),
+                ("fedmd-digest-epochs", self.digest_epochs, 0),
+                ("fedmd-revisit-epochs", self.revisit_epochs, 0),
+                ("fedmd-private-test-size", self.private_test_size, 1),
+            ]
+        )
+        check_positive(
+            [("fedmd-digest-lr", self.digest_lr), ("fedmd-temperature", self.temperature)]
+        )
         if not self.latent_weight >= 0:
             raise ValueError(f"fedmd-latent-weight must be >= 0, got {self.latent_weight}")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FedMDConfig:
         """Parse the ``fedmd-*`` keys; absent keys take the defaults."""
-        values = {
-            field.name: config_value(
-                run_config,
-                "fedmd-" + field.name.replace("_", "-"),
-                field.default,
-                type(field.default),
-            )
-            for field in fields(cls)
-        }
-        return cls(**values)
+        return parse_section(cls, run_config, "fedmd-")
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -321,9 +307,9 @@ def check_scores(
     representation_dim : int or None
         The expected representation width r, or None when representations are not needed.
     """
-    if reply.has_error():
-        reason = (reply.error.reason or "").strip().splitlines()
-        raise ValueError(f"error reply (code {reply.error.code}): {reason[0] if reason else ''}")
+    reason = error_reason(reply)
+    if reason is not None:
+        raise ValueError(reason)
     content = reply.content
     if SCORES not in content.array_records:
         raise ValueError(f"reply has no {SCORES!r} record")
@@ -372,7 +358,7 @@ def _average_arrays(records: Sequence[ArrayRecord], weights: Sequence[float]) ->
     return ArrayRecord(averaged)
 
 
-class FedMD(Strategy):
+class FedMD(RoundReports, Strategy):
     """FedMD / latent FedMD over heterogeneous client models (no global model).
 
     Parameters
@@ -383,29 +369,25 @@ class FedMD(Strategy):
         ``weight-decay``, ``augment``) and ``seed``.
     fedmd : FedMDConfig
         The ``fedmd-*`` settings.
-    recorder : RunRecorder, optional
-        Receives per-round metrics: ``uniform-acc-mean``/``-std``, ``private-acc-mean``/
-        ``-std``, per-client lists in partition order, ``bytes-sent``/``bytes-received``,
-        ``num-in-consensus`` and ``left-out`` (partition -> reason), plus ``fedmd-setup.json``.
 
     Notes
     -----
+    Per round, :meth:`round_report` holds ``uniform-acc-mean``/``-std``,
+    ``private-acc-mean``/``-std``, per-client lists in partition order,
+    ``bytes-sent``/``bytes-received``, ``num-in-consensus`` and ``left-out`` (partition ->
+    reason); :meth:`run_files` gives ``fedmd-setup.json``.
     The clients must implement the three actions of the module docstring (edgekd's ClientApp
     does, see :mod:`edgekd.clients.fedmd`). Round 0 is the evaluation after the clients'
     transfer learning. The ServerApp's central evaluation is skipped: there is no global model
     (except for the FedAvg baseline, whose global model the clients evaluate).
     """
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        fedmd: FedMDConfig,
-        *,
-        recorder: RunRecorder | None = None,
-    ) -> None:
+    accuracy_keys = ("uniform-acc-mean", "private-acc-mean")
+    central_evaluation = False
+
+    def __init__(self, config: ExperimentConfig, fedmd: FedMDConfig) -> None:
         self.config = config
         self.fedmd = fedmd
-        self.recorder = recorder
         bundle = load_bundle(config)
         self.num_classes = bundle.num_classes
         self.pool_size = self._public_pool_size()
@@ -428,7 +410,7 @@ class FedMD(Strategy):
             )
             self.model_parameters[pid] = count_parameters(model)
             self.model_bytes[pid] = ArrayRecord(model.state_dict()).count_bytes()
-        self.node_of_partition: dict[int, int] = {}
+        self.nodes = NodeMapper(config.num_partitions, "fedmd")
         self.global_arrays: ArrayRecord | None = None
         self._consensus: ArrayRecord | None = None
         self._bytes = {"sent": 0, "received": 0}
@@ -492,9 +474,14 @@ class FedMD(Strategy):
             ],
         }
 
-    def _log(self, server_round: int, metrics: Mapping[str, Any]) -> None:
-        if self.recorder is not None:
-            self.recorder.log_round(server_round, metrics)
+    @property
+    def node_of_partition(self) -> dict[int, int]:
+        """Partition id -> node id of the clients mapped so far."""
+        return self.nodes.node_of_partition
+
+    def run_files(self) -> Mapping[str, Any]:
+        """``fedmd-setup.json``: the clients' models, sizes and class histograms."""
+        return {"fedmd-setup.json": self.setup_record()}
 
     def message_config(self, server_round: int, **extra: Any) -> ConfigRecord:
         """The setup keys every FedMD message carries, plus ``extra``."""
@@ -517,10 +504,7 @@ class FedMD(Strategy):
     def _messages(
         self, grid: Grid, server_round: int, message_type: str, content: RecordDict
     ) -> list[Message]:
-        return [
-            grid.create_message(content, message_type, node, str(server_round))
-            for _, node in sorted(self.node_of_partition.items())
-        ]
+        return self.nodes.messages(content, message_type, str(server_round))
 
     def _exchange(self, grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
         """send_and_receive, counting the payload bytes of both directions."""
@@ -529,54 +513,18 @@ class FedMD(Strategy):
         self._bytes["received"] += sum(content_bytes(r) for r in replies)
         return replies
 
-    def _partition_of(self, reply: Message) -> int:
-        node = reply.metadata.src_node_id
-        for pid, node_id in self.node_of_partition.items():
-            if node_id == node:
-                return pid
-        return -1
-
-    def _map_nodes(self, grid: Grid, timeout: float) -> None:
-        """Ask every node for its partition id (``query.whoami``)."""
-        expected = self.config.num_partitions
-        deadline = time.monotonic() + timeout
-        while True:
-            known = set(self.node_of_partition.values())
-            messages = [
-                grid.create_message(RecordDict(), f"{MessageType.QUERY}.{WHOAMI}", node, "whoami")
-                for node in grid.get_node_ids()
-                if node not in known
-            ]
-            for reply in grid.send_and_receive(messages, timeout=60):
-                if reply.has_error():
-                    log(
-                        WARNING,
-                        "fedmd: node %s failed whoami: %s",
-                        reply.metadata.src_node_id,
-                        (reply.error.reason or "").splitlines()[:1],
-                    )
-                    continue
-                pid = int(reply.content[METRICS]["partition-id"])
-                self.node_of_partition[pid] = reply.metadata.src_node_id
-            if len(self.node_of_partition) >= expected or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
-        log(INFO, "fedmd: %s/%s clients mapped to nodes", len(self.node_of_partition), expected)
-
     def _failed(self, what: str, server_round: int, reply: Message) -> str | None:
         """Log and return the reason when ``reply`` is an error, else None."""
-        if not reply.has_error():
-            return None
-        lines = (reply.error.reason or "").strip().splitlines()
-        reason = f"error reply (code {reply.error.code}): {lines[0] if lines else ''}"
-        log(
-            WARNING,
-            "fedmd: round %s: %s of partition %s failed: %s",
-            server_round,
-            what,
-            self._partition_of(reply),
-            reason,
-        )
+        reason = error_reason(reply)
+        if reason is not None:
+            log(
+                WARNING,
+                "fedmd: round %s: %s of partition %s failed: %s",
+                server_round,
+                what,
+                self.nodes.partition_of(reply),
+                reason,
+            )
         return reason
 
     # ------------------------------------------------------------------ alignment / consensus
@@ -612,7 +560,7 @@ class FedMD(Strategy):
         accepted: list[ClientScores] = []
         left_out: dict[int, str] = {}
         for reply in replies:
-            pid = self._partition_of(reply)
+            pid = self.nodes.partition_of(reply)
             try:
                 accepted.append(check_scores(reply, pid, len(indices), self.num_classes, r_dim))
             except ValueError as err:
@@ -680,7 +628,7 @@ class FedMD(Strategy):
             if reason is None:
                 ok.append(reply)
             else:
-                failures[self._partition_of(reply)] = reason
+                failures[self.nodes.partition_of(reply)] = reason
         metrics: dict[str, Any] = {"num-trained": len(ok)}
         if failures:
             metrics["train-failures"] = failures
@@ -695,9 +643,10 @@ class FedMD(Strategy):
             if with_arrays:
                 weights = [float(r.content[METRICS]["num-examples"]) for r in with_arrays]
                 arrays = _average_arrays([r.content[ARRAYS] for r in with_arrays], weights)
-        self._log(server_round, metrics)
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        return arrays, MetricRecord(scalars)
+        self.report(server_round, metrics)
+        return arrays, MetricRecord(
+            {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -717,9 +666,9 @@ class FedMD(Strategy):
         for reply in replies:
             reason = self._failed("evaluate", server_round, reply)
             if reason is None:
-                per_client[self._partition_of(reply)] = reply.content[METRICS]
+                per_client[self.nodes.partition_of(reply)] = reply.content[METRICS]
             else:
-                failures[self._partition_of(reply)] = reason
+                failures[self.nodes.partition_of(reply)] = reason
         metrics: dict[str, Any] = {"num-evaluated": len(per_client)}
         if failures:
             metrics["evaluate-failures"] = failures
@@ -737,7 +686,7 @@ class FedMD(Strategy):
                 for pid, value in zip(order, values, strict=True):
                     by_model.setdefault(self.fedmd.model_name(pid), []).append(float(value))
                 metrics[f"{key}-by-model"] = {m: float(np.mean(v)) for m, v in by_model.items()}
-        self._log(server_round, metrics)
+        self.report(server_round, metrics)
         if not per_client:
             return None
         return MetricRecord({k: v for k, v in metrics.items() if isinstance(v, int | float)})
@@ -760,39 +709,22 @@ class FedMD(Strategy):
     ) -> Result:
         """Transfer learning (round 0), then per round: scores, consensus, digest, revisit.
 
-        ``initial_arrays``, ``train_config``, ``evaluate_config`` and ``evaluate_fn`` are
-        ignored: the clients own their models and schedules come from the run config. The
-        recorder plots ``uniform-acc-mean`` and ``private-acc-mean``.
+        ``initial_arrays``, ``train_config`` and ``evaluate_config`` are ignored: the clients
+        own their models and schedules come from the run config. ``evaluate_fn`` is called at
+        the end of every round (round 0 included) with the global arrays (empty but for the
+        FedAvg baseline): it is the server's per-round hook (there is no central evaluation,
+        see ``central_evaluation``).
         """
         started = time.monotonic()
         log(INFO, "fedmd: starting %s rounds of %s", num_rounds, self.fedmd.method)
         self.summary()
-        if self.recorder is not None:
-            self.recorder.accuracy_keys = ("uniform-acc-mean", "private-acc-mean")
-            self.recorder.save_json("fedmd-setup.json", self.setup_record())
-        self._map_nodes(grid, timeout)
+        self.nodes.map(grid, timeout)
         result = Result()
         for server_round in range(num_rounds + 1):
             self._bytes = {"sent": 0, "received": 0}
             round_metrics: dict[str, Any] = {}
             if server_round > 0:
-                self._consensus = None
-                if self.fedmd.shares_scores:
-                    queries = self.configure_query(server_round, grid)
-                    replies = self._exchange(grid, queries, timeout)
-                    self._consensus, left_out = self.aggregate_query(server_round, replies)
-                    round_metrics["left-out"] = left_out
-                    round_metrics["num-in-consensus"] = len(self.node_of_partition) - len(left_out)
-                arrays = self.global_arrays if self.global_arrays is not None else ArrayRecord()
-                messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
-                new_arrays, train_metrics = self.aggregate_train(
-                    server_round, self._exchange(grid, messages, timeout)
-                )
-                if new_arrays is not None:
-                    self.global_arrays = new_arrays
-                    result.arrays = new_arrays
-                if train_metrics is not None:
-                    result.train_metrics_clientapp[server_round] = train_metrics
+                round_metrics = self._train_round(server_round, grid, timeout, result)
             evaluation = self._evaluate_round(server_round, grid, timeout)
             if evaluation is not None:
                 result.evaluate_metrics_clientapp[server_round] = evaluation
@@ -804,30 +736,60 @@ class FedMD(Strategy):
                     "elapsed-s": elapsed,
                 }
             )
-            self._log(server_round, round_metrics)
-            row = evaluation if evaluation is not None else MetricRecord()
-            log(
-                INFO,
-                "fedmd: round %s/%s  uniform-acc %.4f ± %.4f  private-acc %.4f ± %.4f  "
-                "bytes sent %s received %s  (%.1fs)",
-                server_round,
-                num_rounds,
-                row.get("uniform-acc-mean", float("nan")),
-                row.get("uniform-acc-std", float("nan")),
-                row.get("private-acc-mean", float("nan")),
-                row.get("private-acc-std", float("nan")),
-                self._bytes["sent"],
-                self._bytes["received"],
-                elapsed,
-            )
+            self.report(server_round, round_metrics)
+            self._log_round(server_round, num_rounds, evaluation, elapsed)
+            if evaluate_fn is not None:
+                arrays = self.global_arrays if self.global_arrays is not None else ArrayRecord()
+                evaluate_fn(server_round, arrays)
         return result
 
+    def _train_round(
+        self, server_round: int, grid: Grid, timeout: float, result: Result
+    ) -> dict[str, Any]:
+        """Scores and consensus (KD, LKD), then digest and revisit; the round's metrics."""
+        round_metrics: dict[str, Any] = {}
+        self._consensus = None
+        if self.fedmd.shares_scores:
+            replies = self._exchange(grid, self.configure_query(server_round, grid), timeout)
+            self._consensus, left_out = self.aggregate_query(server_round, replies)
+            round_metrics["left-out"] = left_out
+            round_metrics["num-in-consensus"] = len(self.node_of_partition) - len(left_out)
+        arrays = self.global_arrays if self.global_arrays is not None else ArrayRecord()
+        messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
+        new_arrays, train_metrics = self.aggregate_train(
+            server_round, self._exchange(grid, messages, timeout)
+        )
+        if new_arrays is not None:
+            self.global_arrays = new_arrays
+            result.arrays = new_arrays
+        if train_metrics is not None:
+            result.train_metrics_clientapp[server_round] = train_metrics
+        return round_metrics
 
-@register_strategy("fedmd")
+    def _log_round(
+        self, server_round: int, num_rounds: int, evaluation: MetricRecord | None, elapsed: float
+    ) -> None:
+        row = evaluation if evaluation is not None else MetricRecord()
+        log(
+            INFO,
+            "fedmd: round %s/%s  uniform-acc %.4f ± %.4f  private-acc %.4f ± %.4f  "
+            "bytes sent %s received %s  (%.1fs)",
+            server_round,
+            num_rounds,
+            row.get("uniform-acc-mean", float("nan")),
+            row.get("uniform-acc-std", float("nan")),
+            row.get("private-acc-mean", float("nan")),
+            row.get("private-acc-std", float("nan")),
+            self._bytes["sent"],
+            self._bytes["received"],
+            elapsed,
+        )
+
+
+@register_strategy("fedmd", sections={"fedmd-": FedMDConfig})
 def build_fedmd(context: StrategyContext) -> FedMD:
     """Factory for ``strategy = "fedmd"`` (keys ``fedmd-*``)."""
     return FedMD(
         context.config,
         FedMDConfig.from_run_config(context.run_config),
-        recorder=context.recorder,
     )

@@ -5,6 +5,13 @@ by registering it under a name (the module must be imported, e.g. listed in
 ``strategy-plugins``) or directly with ``strategy = "package.module:factory"``, where
 ``factory`` is a callable ``(StrategyContext) -> Strategy`` or a ``Strategy`` subclass whose
 constructor takes no required argument. See ``examples/custom_strategy.py``.
+
+A registered strategy names its own config sections: ``sections={"cd-":
+ClonedDistillationConfig}`` says that the keys ``cd-*`` are the fields of that dataclass
+(:func:`edgekd.config.parse_section`). :func:`check_strategy_config` parses them before the
+run starts (a bad value fails at once, in one line), and :func:`section_keys` lists them, so
+a plugin's keys are accepted by ``python -m edgekd.local`` although the app's pyproject does
+not define them (``flwr run`` accepts only keys of ``[tool.flwr.app.config]``: add them there).
 """
 
 from __future__ import annotations
@@ -17,17 +24,18 @@ from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
-from edgekd.config import ExperimentConfig
-from edgekd.results import RunRecorder
+from edgekd.config import ExperimentConfig, config_key, parse_section
 
 __all__ = [
     "StrategyContext",
     "StrategyFactory",
     "build_strategy",
+    "check_strategy_config",
     "import_plugins",
     "list_strategies",
     "register_strategy",
     "resolve_strategy",
+    "section_keys",
 ]
 
 
@@ -40,31 +48,58 @@ class StrategyContext:
     config : ExperimentConfig
         The parsed shared run config.
     run_config : Mapping[str, Any]
-        The raw ``context.run_config``, for strategy-specific keys.
-    recorder : RunRecorder
-        Where the strategy records per-round metrics and extra JSON files.
+        The raw ``context.run_config``, for strategy-specific keys (parse them with
+        :func:`edgekd.config.parse_section`).
+
+    Notes
+    -----
+    A strategy does not write results: the server records what it returns, and, when it has
+    them (see :class:`edgekd.strategies.common.RoundReports`), its ``round_report(round)``,
+    ``run_files()`` and ``accuracy_keys``.
     """
 
     config: ExperimentConfig
     run_config: Mapping[str, Any]
-    recorder: RunRecorder
 
 
 StrategyFactory = Callable[[StrategyContext], Strategy]
 
 _REGISTRY: dict[str, StrategyFactory] = {}
+_SECTIONS: dict[str, dict[str, type]] = {}
 
 
-def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
-    """Decorator registering ``factory`` under ``name`` (kebab-case, unique)."""
+def register_strategy(
+    name: str, *, sections: Mapping[str, type] | None = None
+) -> Callable[[StrategyFactory], StrategyFactory]:
+    """Decorator registering ``factory`` under ``name`` (kebab-case, unique).
+
+    ``sections`` maps a key prefix (``"cd-"``) to the frozen dataclass of those keys.
+    """
 
     def decorator(factory: StrategyFactory) -> StrategyFactory:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"strategy name {name!r} is already registered")
         _REGISTRY[name] = factory
+        _SECTIONS[name] = dict(sections or {})
         return factory
 
     return decorator
+
+
+def section_keys() -> set[str]:
+    """Every run-config key of every registered strategy's sections."""
+    return {
+        config_key(prefix, field)
+        for sections in _SECTIONS.values()
+        for prefix, cls in sections.items()
+        for field in cls.__dataclass_fields__  # type: ignore[attr-defined]
+    }
+
+
+def check_strategy_config(name: str, run_config: Mapping[str, Any]) -> None:
+    """Parse the sections of strategy ``name`` (ValueError naming a bad key or value)."""
+    for prefix, cls in _SECTIONS.get(name, {}).items():
+        parse_section(cls, run_config, prefix)
 
 
 def list_strategies() -> list[str]:

@@ -31,8 +31,8 @@ from edgekd.deploy import (
     format_node_config,
     generate_dev_credentials,
 )
-from edgekd.server.app import run_experiment
-from edgekd.testing import InProcessGrid
+from edgekd.inprocess import InProcessGrid
+from edgekd.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 

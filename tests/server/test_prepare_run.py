@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.server.app import prepare_run
+from edgekd.runner import prepare_run
 
 
 def _npz_config(tiny_npz: Path, **extra: object) -> dict[str, object]:

@@ -11,9 +11,9 @@ import pytest
 from flwr.app import Message
 
 from edgekd.clients.app import app as client_app
-from edgekd.server.app import run_experiment
+from edgekd.inprocess import InProcessGrid
+from edgekd.runner import run_experiment
 from edgekd.strategies.async_cloned_distillation import AsyncConfig, staleness_weight
-from edgekd.testing import InProcessGrid
 
 
 def _run_config(tiny_npz: Path, tmp_path: Path, **extra: Any) -> dict[str, Any]:

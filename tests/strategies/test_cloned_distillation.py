@@ -1,6 +1,6 @@
 """Tests for the cloned-distillation strategy: config parsing, edge order and real-message runs.
 
-The runs use :class:`edgekd.testing.InProcessGrid`, which delivers real Flower messages to a real
+The runs use :class:`edgekd.inprocess.InProcessGrid`, which delivers real Flower messages to a real
 (or a deliberately misbehaving) ClientApp in this process.
 """
 
@@ -19,15 +19,14 @@ from flwr.clientapp import ClientApp
 from edgekd.clients.app import app as real_client_app
 from edgekd.config import ExperimentConfig
 from edgekd.experiment import build_experiment_model
+from edgekd.inprocess import InProcessGrid
 from edgekd.protocol import member_key
-from edgekd.results import RunRecorder
-from edgekd.server.app import run_experiment
+from edgekd.runner import run_experiment
 from edgekd.strategies.cloned_distillation import (
     ClonedDistillation,
     ClonedDistillationConfig,
     parse_variant,
 )
-from edgekd.testing import InProcessGrid
 
 
 @pytest.fixture(autouse=True)
@@ -140,11 +139,11 @@ def test_config_cpp_forces_single_model_and_memory() -> None:
 def test_config_cem_keeps_ensemble_and_memory() -> None:
     """A variant with E and M keeps the given P and M; other cd-* keys are parsed too.
 
-    Prepare: cd-variant CEM with P 3, M 4, t 2, edge-init "scratch" (overridden by the
+    Prepare: cd-variant CEM with P 3, M 4, t 2, edge-init "clone" (agrees with the
     variant), distill-epochs 7 and cd-ensemble-mode "average".
     Execute: ClonedDistillationConfig.from_run_config.
-    Assert: clone init (the variant wins), P 3, M 4, t 2.0, distill_epochs 7, and one teacher
-    per edge in "average" mode.
+    Assert: clone init, P 3, M 4, t 2.0, distill_epochs 7, and one teacher per edge in
+    "average" mode.
     """
     cd = ClonedDistillationConfig.from_run_config(
         {
@@ -152,7 +151,7 @@ def test_config_cem_keeps_ensemble_and_memory() -> None:
             "cd-ensemble-size": 3,
             "cd-memory-size": 4,
             "cd-temperature": 2,
-            "cd-edge-init": "scratch",
+            "cd-edge-init": "clone",
             "cd-distill-epochs": 7,
             "cd-ensemble-mode": "average",
         }
@@ -210,28 +209,71 @@ def test_config_rejects_bad_values(key: str, value: object, message: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "expected"),
+    ("variant", "edge_init", "expected"),
     [
-        ({"variant": "IsPP", "ensemble_size": 3, "memory_size": 2}, ("scratch", 1, 1)),
-        ({"variant": "XYZ"}, None),
+        ("IsPP", "", ("scratch", 1, 1)),
+        ("IsPP", "scratch", ("scratch", 1, 1)),
+        ("IPM", "", ("independent", 1, 2)),
+        ("CEP", "clone", ("clone", 3, 1)),
+        ("control", "", ("clone", 1, 1)),
     ],
 )
-def test_config_constructor_agrees_with_its_variant(
-    kwargs: dict[str, Any], expected: tuple[str, int, int] | None
+def test_config_constructor_applies_its_variant(
+    variant: str, edge_init: str, expected: tuple[str, int, int]
 ) -> None:
-    """A config built directly never disagrees with its variant (it is applied or rejected).
+    """A config built directly applies its variant to init, P and M.
 
-    Prepare: keyword arguments with a variant and conflicting fields, or an unknown variant.
-    Execute: ClonedDistillationConfig(**kwargs).
-    Assert: either ValueError, or (edge_init, ensemble_size, memory_size) as the variant says
-    (an unknown variant must raise).
+    Prepare: a valid variant, an empty or agreeing edge_init, ensemble_size 3, memory_size 2.
+    Execute: ClonedDistillationConfig(...) (must not raise).
+    Assert: (edge_init, ensemble_size, memory_size) as the variant says.
     """
-    try:
-        cd = ClonedDistillationConfig(**kwargs)
-    except ValueError:
-        return
-    assert expected is not None, f"unknown variant accepted: {cd}"
+    cd = ClonedDistillationConfig(
+        variant=variant, edge_init=edge_init, ensemble_size=3, memory_size=2
+    )
     assert (cd.edge_init, cd.ensemble_size, cd.memory_size) == expected
+
+
+def test_config_constructor_rejects_an_unknown_variant() -> None:
+    """An unknown variant name is refused, naming it.
+
+    Prepare: variant "XYZ".
+    Execute: ClonedDistillationConfig(variant="XYZ").
+    Assert: ValueError naming 'XYZ'.
+    """
+    with pytest.raises(ValueError, match="variant 'XYZ'"):
+        ClonedDistillationConfig(variant="XYZ")
+
+
+@pytest.mark.parametrize(
+    ("variant", "edge_init"),
+    [("CPP", "independent"), ("IPP", "clone"), ("IsPP", "independent"), ("control", "scratch")],
+)
+def test_config_edge_init_contradicting_the_variant_names_both_keys(
+    variant: str, edge_init: str
+) -> None:
+    """An explicit cd-edge-init that contradicts cd-variant is an error, not silently overridden.
+
+    Prepare: run config with cd-variant and a cd-edge-init the variant does not use.
+    Execute: ClonedDistillationConfig.from_run_config.
+    Assert: ValueError naming both keys and both values.
+    """
+    with pytest.raises(ValueError, match="cd-edge-init") as info:
+        ClonedDistillationConfig.from_run_config({"cd-variant": variant, "cd-edge-init": edge_init})
+    assert "cd-variant" in str(info.value)
+    assert repr(edge_init) in str(info.value) and repr(variant) in str(info.value)
+
+
+def test_config_default_run_config_follows_the_variant() -> None:
+    """The app's defaults (cd-edge-init "") let every variant choose its own init.
+
+    Prepare: [tool.flwr.app.config] of pyproject.toml with cd-variant IPP.
+    Execute: ClonedDistillationConfig.from_run_config.
+    Assert: edge_init "independent" (no conflict with the default).
+    """
+    from edgekd.launch import app_run_config
+
+    run_config = {**app_run_config(Path(__file__).parents[2]), "cd-variant": "IPP"}
+    assert ClonedDistillationConfig.from_run_config(run_config).edge_init == "independent"
 
 
 # ----------------------------------------------------------------------------- edge order
@@ -278,19 +320,27 @@ def test_edge_for_round_permutation(tiny_npz: Path, tmp_path: Path) -> None:
     assert sequences[0] != sequences[1]
 
 
-def test_permutation_order_with_negative_seed(tiny_npz: Path, tmp_path: Path) -> None:
-    """A seed the config accepts also works for the permutation order (or is rejected early).
+def test_negative_seed_is_rejected_before_the_permutation_order(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    """A negative seed (which numpy's seeded permutation cannot take) is refused early.
 
     Prepare: a run config with seed -1 and cd-edge-order permutation, 3 edges.
-    Execute: build the strategy and ask for the edges of rounds 1..6.
-    Assert: either the config rejects the seed with a ValueError naming 'seed', or every pass
-    of 3 rounds is a permutation of 0..2.
+    Execute: build the strategy.
+    Assert: ValueError naming 'seed' and the value, raised by the config parser.
     """
-    try:
-        strategy = _strategy(tiny_npz, tmp_path, **{"seed": -1, "cd-edge-order": "permutation"})
-    except ValueError as err:
-        assert "seed" in str(err)
-        return
+    with pytest.raises(ValueError, match=r"seed must be >= 0, got -1"):
+        _strategy(tiny_npz, tmp_path, **{"seed": -1, "cd-edge-order": "permutation"})
+
+
+def test_permutation_order_with_seed_zero(tiny_npz: Path, tmp_path: Path) -> None:
+    """The smallest accepted seed works for the permutation order.
+
+    Prepare: a run config with seed 0 and cd-edge-order permutation, 3 edges.
+    Execute: ask for the edges of rounds 1..6.
+    Assert: every pass of 3 rounds is a permutation of 0..2.
+    """
+    strategy = _strategy(tiny_npz, tmp_path, **{"seed": 0, "cd-edge-order": "permutation"})
     order = [strategy.edge_for_round(r) for r in range(1, 7)]
     assert sorted(order[:3]) == [0, 1, 2] and sorted(order[3:]) == [0, 1, 2]
 
@@ -378,11 +428,7 @@ def test_variant_decides_what_the_edge_starts_from(
     """
     run_config = _run_config(tiny_npz, tmp_path, **{"cd-variant": variant})
     cfg = ExperimentConfig.from_run_config(run_config)
-    strategy = ClonedDistillation(
-        cfg,
-        ClonedDistillationConfig.from_run_config(run_config),
-        recorder=RunRecorder(tmp_path / "run"),
-    )
+    strategy = ClonedDistillation(cfg, ClonedDistillationConfig.from_run_config(run_config))
     grid = InProcessGrid(real_client_app, run_config, num_nodes=3)
     cores: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -412,9 +458,9 @@ def test_variant_decides_what_the_edge_starts_from(
         independent = strategy.independent.state_dict()
         assert _states_equal(sent[0], independent) and _states_equal(sent[1], independent)
         assert not _states_equal(sent[0], cores[0])
-    rows = _rows(tmp_path / "run")
-    assert [rows[r]["edge-status"] for r in (1, 2)] == ["ok", "ok"]
-    assert [rows[r]["num-teachers"] for r in (1, 2)] == [1, 1]
+    reports = [strategy.round_report(r) for r in (1, 2)]
+    assert [report["edge-status"] for report in reports] == ["ok", "ok"]
+    assert [report["num-teachers"] for report in reports] == [1, 1]
 
 
 # ----------------------------------------------------------------------------- fault tolerance

@@ -1,6 +1,6 @@
 """Tests for the FedMD strategy: config, consensus, bad replies and real-message runs.
 
-The runs use :class:`edgekd.testing.InProcessGrid` (real Flower messages, the real ClientApp or
+The runs use :class:`edgekd.inprocess.InProcessGrid` (real Flower messages, the real ClientApp or
 a deliberately misbehaving one, in this process); one run goes through ``flwr run``, Flower's
 simulation engine and Ray.
 """
@@ -22,13 +22,13 @@ from edgekd.clients import fedmd as fedmd_client
 from edgekd.clients.app import app as real_client_app
 from edgekd.clients.app import whoami
 from edgekd.config import ExperimentConfig
+from edgekd.inprocess import InProcessGrid
 from edgekd.launch import launch
 from edgekd.losses import latent_distillation_loss
 from edgekd.models import build_model
-from edgekd.server.app import run_experiment
+from edgekd.runner import run_experiment
 from edgekd.strategies import fedmd
 from edgekd.strategies.fedmd import FedMDConfig, consensus, content_bytes
-from edgekd.testing import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[2]
 

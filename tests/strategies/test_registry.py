@@ -9,10 +9,9 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from edgekd.clients.app import app as client_app
 from edgekd.config import ExperimentConfig
-from edgekd.results import RunRecorder
-from edgekd.server.app import run_experiment
+from edgekd.inprocess import InProcessGrid
+from edgekd.runner import run_experiment
 from edgekd.strategies import StrategyContext, build_strategy, list_strategies, resolve_strategy
-from edgekd.testing import InProcessGrid
 
 
 def test_builtin_baselines_are_registered() -> None:
@@ -64,8 +63,6 @@ def test_run_experiment_with_selected_strategy(
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 0
     assert len(grid.delivered) == 8  # 4 nodes x 2 rounds, all FedAvg-style train messages
     built = build_strategy(
-        StrategyContext(
-            ExperimentConfig.from_run_config(run_config), run_config, RunRecorder(tmp_path)
-        )
+        StrategyContext(ExperimentConfig.from_run_config(run_config), run_config)
     )
     assert isinstance(built, expected)

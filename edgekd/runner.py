@@ -1,0 +1,236 @@
+"""Run one experiment on any Flower ``Grid``: validate, build the strategy, record the results.
+
+Used by the ServerApp (:mod:`edgekd.server.app`, under ``flwr run``) and by
+:mod:`edgekd.local` (in-process grid). :func:`prepare_run` validates the configuration and
+loads the data before any round starts (bad names, missing files and impossible partitions
+fail here with one clear error) and logs the class histogram of every partition;
+:func:`run_experiment` runs the strategy and, as the only writer of results, records what it
+reports and returns: ``metrics.csv``, ``metrics.json``, ``accuracy.png``, ``partitions.json``,
+``config.json``, ``summary.json`` and the strategy's own JSON files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from edgekd.config import ExperimentConfig, check_known_keys, config_value
+from edgekd.datasets import class_histograms
+from edgekd.experiment import (
+    build_experiment_model,
+    experiment_split,
+    load_bundle,
+    test_data,
+    validate_names,
+)
+from edgekd.results import RunRecorder
+from edgekd.strategies import (
+    StrategyContext,
+    build_strategy,
+    check_strategy_config,
+    import_plugins,
+    resolve_strategy,
+    section_keys,
+)
+from edgekd.training import evaluate, set_torch_threads
+
+__all__ = [
+    "RoundRecorder",
+    "check_run_config",
+    "make_output_dir",
+    "prepare_run",
+    "run_experiment",
+]
+
+
+def make_output_dir(cfg: ExperimentConfig, run_id: int | str = "") -> Path:
+    """``<output-dir>/<strategy>-<UTC timestamp>[-<run id>]``, absolute."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = cfg.strategy.replace(":", "-").replace(".", "-").replace("/", "-")
+    suffix = f"-{run_id}" if run_id else ""
+    return (Path(cfg.output_dir).expanduser() / f"{name}-{stamp}{suffix}").resolve()
+
+
+def check_run_config(
+    run_config: Mapping[str, Any], app_keys: Iterable[str], *, plugin_keys: bool = True
+) -> ExperimentConfig:
+    """Refuse, before anything runs, what the run would fail on: one ``ValueError`` each.
+
+    Checks, in order: every key is one of ``app_keys`` (the app's
+    ``[tool.flwr.app.config]``) or, with ``plugin_keys``, a key of a registered strategy's
+    sections (plugins of ``strategy-plugins`` imported first); the shared keys' values; the
+    dataset, model, partitioner and strategy names; the strategy's own sections.
+    """
+    import_plugins(config_value(run_config, "strategy-plugins", "", str))
+    known = set(app_keys) | (section_keys() if plugin_keys else set())
+    check_known_keys(run_config, known)
+    cfg = ExperimentConfig.from_run_config(run_config)
+    validate_names(cfg)
+    resolve_strategy(cfg.strategy)
+    check_strategy_config(cfg.strategy, run_config)
+    return cfg
+
+
+def prepare_run(
+    run_config: Mapping[str, Any], out_dir: Path
+) -> tuple[ExperimentConfig, RunRecorder]:
+    """Validate everything that can be checked before training and start the recorder.
+
+    Raises ``ValueError``/``FileNotFoundError`` naming the bad value: unknown dataset, model or
+    strategy, ``dirichlet-alpha <= 0``, more partitions than samples, a missing npz key or an
+    empty data directory.
+    """
+    cfg = ExperimentConfig.from_run_config(run_config)
+    validate_names(cfg)
+    import_plugins(cfg.strategy_plugins)
+    resolve_strategy(cfg.strategy)
+    bundle = load_bundle(cfg)
+    split = experiment_split(cfg)
+    recorder = RunRecorder(out_dir)
+    histograms = split.histograms(bundle.y_train, bundle.num_classes)
+    core_hist = class_histograms(bundle.y_train, [split.core], bundle.num_classes)[0]
+    log(
+        INFO,
+        "edgekd: dataset %s, %s classes, %s train / %s test images",
+        bundle.name,
+        bundle.num_classes,
+        len(bundle.y_train),
+        len(bundle.y_test),
+    )
+    if len(split.core):
+        log(INFO, "edgekd: core split  n=%5d  classes=%s", len(split.core), core_hist.tolist())
+    for pid, hist in enumerate(histograms):
+        log(INFO, "edgekd: partition %3d n=%5d  classes=%s", pid, int(hist.sum()), hist.tolist())
+    recorder.save_json(
+        "partitions.json",
+        {
+            "dataset": bundle.name,
+            "num_classes": bundle.num_classes,
+            "core_size": len(split.core),
+            "core_histogram": core_hist.tolist(),
+            "partition_sizes": [int(h.sum()) for h in histograms],
+            "histograms": histograms.tolist(),
+        },
+    )
+    recorder.save_json("config.json", dict(run_config))
+    log(INFO, "edgekd: results go to %s", recorder.out_dir)
+    return cfg, recorder
+
+
+class RoundRecorder:
+    """The server's end-of-round hook (the ``evaluate_fn`` strategies call every round).
+
+    Records, in this order, the strategy's ``round_report(round)`` (when it has one), then
+    the central evaluation of the returned arrays on the test split (unless the strategy says
+    ``central_evaluation = False``), and rewrites the strategy's ``run_files()``. The server
+    is the only writer of a run's results.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        recorder: RunRecorder,
+        strategy: Strategy,
+        model: torch.nn.Module,
+    ) -> None:
+        self.cfg = cfg
+        self.recorder = recorder
+        self.strategy = strategy
+        self.model = model
+        self.test = test_data(cfg)
+        self.started = time.monotonic()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Record round ``server_round``; the central evaluation's metrics (or None)."""
+        round_report = getattr(self.strategy, "round_report", None)
+        if round_report is not None:
+            self.recorder.log_round(server_round, round_report(server_round))
+        self.save_run_files()
+        if not getattr(self.strategy, "central_evaluation", True):
+            return None
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        result = evaluate(self.model, self.test.x, self.test.y)
+        elapsed = time.monotonic() - self.started
+        self.recorder.log_round(
+            server_round,
+            {"test-loss": result.loss, "test-acc": result.accuracy, "elapsed-s": elapsed},
+        )
+        log(
+            INFO,
+            "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs)",
+            server_round,
+            self.cfg.num_server_rounds,
+            result.accuracy,
+            result.loss,
+            elapsed,
+        )
+        return MetricRecord({"test-loss": result.loss, "test-acc": result.accuracy})
+
+    def save_run_files(self) -> None:
+        """Write the strategy's extra JSON files (``run_files()``), if it has any."""
+        run_files = getattr(self.strategy, "run_files", None)
+        for name, payload in (run_files() if run_files is not None else {}).items():
+            self.recorder.save_json(name, payload)
+
+
+def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> Result:
+    """Run the configured strategy on ``grid`` and write the results into ``out_dir``."""
+    cfg, recorder = prepare_run(run_config, out_dir)
+    set_torch_threads(0)
+    strategy = build_strategy(StrategyContext(cfg, run_config))
+    recorder.accuracy_keys = tuple(getattr(strategy, "accuracy_keys", recorder.accuracy_keys))
+    model = build_experiment_model(cfg, seed=cfg.seed)
+    round_end = RoundRecorder(cfg, recorder, strategy, model)
+    train_config = ConfigRecord(
+        {
+            "local-epochs": cfg.local_epochs,
+            "batch-size": cfg.batch_size,
+            "lr": cfg.lr,
+            "lr-schedule": cfg.lr_schedule,
+            "momentum": cfg.momentum,
+            "weight-decay": cfg.weight_decay,
+        }
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.num_server_rounds,
+        train_config=train_config,
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=round_end,
+    )
+    round_end.save_run_files()
+    for server_round, metrics in result.train_metrics_clientapp.items():
+        row = recorder.rounds.get(server_round, {})
+        recorder.log_round(
+            server_round, {f"train/{k}": v for k, v in metrics.items() if k not in row}
+        )
+    for server_round, metrics in result.evaluate_metrics_clientapp.items():
+        recorder.log_round(server_round, {f"client-eval/{k}": v for k, v in metrics.items()})
+    recorder.plot(title=f"{cfg.strategy} on {cfg.dataset} ({cfg.model})")
+    recorder.save_json("summary.json", _summary(cfg, recorder))
+    log(INFO, "edgekd: wrote %s", recorder.out_dir)
+    return result
+
+
+def _summary(cfg: ExperimentConfig, recorder: RunRecorder) -> dict[str, Any]:
+    rows = recorder.rows()
+    accs = [row["test-acc"] for row in rows if isinstance(row.get("test-acc"), float)]
+    return {
+        "strategy": cfg.strategy,
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "num_server_rounds": cfg.num_server_rounds,
+        "final_test_acc": accs[-1] if accs else None,
+        "best_test_acc": max(accs) if accs else None,
+    }
