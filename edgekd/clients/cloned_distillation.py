@@ -33,6 +33,8 @@ from edgekd.training import set_torch_threads, train_supervised
 
 __all__ = ["LocalTrainConfig", "evaluate", "register", "train", "train_local"]
 
+_SCHEDULE = ("epochs", "batch_size", "lr", "lr_schedule", "momentum", "weight_decay", "proximal_mu")
+
 
 @dataclass(frozen=True)
 class LocalTrainConfig:
@@ -153,7 +155,6 @@ def _train_member(
     label_noise_p: float,
 ) -> dict[str, Any]:
     """Train ensemble member ``member``; return its state dict, loss and accuracy."""
-    flip = int(data.x.shape[-1]) >= 16
     if local.init == "scratch":
         model = model_for_arrays(cfg, state, data, seed=local.init_seed + member)
     else:
@@ -162,24 +163,19 @@ def _train_member(
     global_params = (
         [p.detach().clone() for p in model.parameters()] if local.proximal_mu > 0 else None
     )
+    # the fields of LocalTrainConfig named like train_supervised's arguments
+    schedule = {name: getattr(local, name) for name in _SCHEDULE}
+    augmentation = {"augment": cfg.augment, "padding": data.padding, "flip": data.x.shape[-1] >= 16}
     result = train_supervised(
         model,
         data.x,
         data.y,
-        epochs=local.epochs,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        momentum=local.momentum,
-        weight_decay=local.weight_decay,
         seed=derive_seed("member", local.seed, member=member),
-        augment=cfg.augment,
-        padding=data.padding,
-        flip=flip,
-        lr_schedule=local.lr_schedule,
-        proximal_mu=local.proximal_mu,
         global_params=global_params,
         label_noise=label_noise,
         label_noise_p=label_noise_p,
+        **schedule,
+        **augmentation,
     )
     return {"state": model.state_dict(), "loss": result.loss, "accuracy": result.accuracy}
 

@@ -9,7 +9,13 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-__all__ = ["check_logits", "check_temperature", "is_finite_real", "weights_tensor"]
+__all__ = [
+    "check_logits",
+    "check_matching_logits",
+    "check_temperature",
+    "is_finite_real",
+    "weights_tensor",
+]
 
 
 def is_finite_real(value: object) -> bool:
@@ -30,6 +36,16 @@ def check_logits(name: str, logits: Tensor) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"{name} must have shape (B, C), got {tuple(logits.shape)}")
+
+
+def check_matching_logits(name: str, logits: Tensor, student_logits: Tensor) -> None:
+    """``ValueError`` naming ``name`` unless ``logits`` is 2-D and shaped like the student's."""
+    check_logits(name, logits)
+    if logits.shape != student_logits.shape:
+        raise ValueError(
+            f"{name} shape {tuple(logits.shape)} does not match "
+            f"student_logits shape {tuple(student_logits.shape)}"
+        )
 
 
 def weights_tensor(

@@ -54,7 +54,7 @@ def cloned_distillation_loss(
     Returns
     -------
     Tensor
-        Scalar loss.
+        Scalar loss: weighted cross-entropy plus the weighted KL terms.
 
     Raises
     ------

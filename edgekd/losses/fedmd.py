@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgekd.losses.checks import check_logits, check_temperature, weights_tensor
+from edgekd.losses.checks import (
+    check_logits,
+    check_matching_logits,
+    check_temperature,
+    weights_tensor,
+)
 from edgekd.losses.kd import kd_kl_loss
 
 __all__ = ["DIGEST_MODES", "consensus_logits", "fedmd_digest_loss", "latent_distillation_loss"]
@@ -79,7 +84,7 @@ def fedmd_digest_loss(
     Returns
     -------
     Tensor
-        Scalar loss.
+        Scalar loss between the client logits and the consensus.
 
     Raises
     ------
@@ -89,12 +94,7 @@ def fedmd_digest_loss(
     if mode not in DIGEST_MODES:
         raise ValueError(f"mode must be one of {list(DIGEST_MODES)}, got {mode!r}")
     check_logits("student_logits", student_logits)
-    check_logits("consensus", consensus)
-    if consensus.shape != student_logits.shape:
-        raise ValueError(
-            f"consensus shape {tuple(consensus.shape)} does not match "
-            f"student_logits shape {tuple(student_logits.shape)}"
-        )
+    check_matching_logits("consensus", consensus, student_logits)
     if mode == "kl":
         return kd_kl_loss(student_logits, consensus, temperature)
     check_temperature(temperature)

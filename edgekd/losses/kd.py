@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgekd.losses.checks import check_logits, check_temperature
+from edgekd.losses.checks import check_logits, check_matching_logits, check_temperature
 
 __all__ = ["kd_kl_loss"]
 
@@ -33,7 +33,7 @@ def kd_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     Returns
     -------
     Tensor
-        Scalar loss.
+        Scalar loss, ``t**2`` times the batch-mean KL divergence.
 
     Raises
     ------
@@ -43,12 +43,7 @@ def kd_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     """
     t = check_temperature(temperature)
     check_logits("student_logits", student_logits)
-    check_logits("teacher_logits", teacher_logits)
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"teacher_logits shape {tuple(teacher_logits.shape)} does not match "
-            f"student_logits shape {tuple(student_logits.shape)}"
-        )
+    check_matching_logits("teacher_logits", teacher_logits, student_logits)
     return (
         F.kl_div(
             F.log_softmax(student_logits / t, dim=-1),
