@@ -79,6 +79,7 @@ __all__ = [
 
 STATE_MODEL = "fedmd-model"
 STATE_META = "fedmd-meta"
+_RUN_SCHEDULE = ("batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment")
 
 
 def largest_remainder(proportions: np.ndarray, total: int) -> np.ndarray:
@@ -158,20 +159,11 @@ def _train(
 ) -> float:
     if epochs == 0:
         return float("nan")
+    # the run config's supervised schedule, by train_supervised's argument names
+    schedule = {name: getattr(cfg, name) for name in _RUN_SCHEDULE}
+    flip = data.x.shape[-1] >= 16
     result = train_supervised(
-        model,
-        data.x,
-        data.y,
-        epochs=epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        seed=seed,
-        augment=cfg.augment,
-        padding=data.padding,
-        flip=data.x.shape[-1] >= 16,
-        lr_schedule=cfg.lr_schedule,
+        model, data.x, data.y, epochs=epochs, seed=seed, padding=data.padding, flip=flip, **schedule
     )
     return result.loss
 

@@ -142,17 +142,10 @@ class EdgeKDModel(nn.Module):
         return self.classifier(self.features(x))
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Compute logits and features in a single pass.
+        """Compute ``(logits, features)`` of an image batch in a single pass.
 
-        Parameters
-        ----------
-        x : Tensor
-            Image batch of shape ``(B, C_in, H, W)``.
-
-        Returns
-        -------
-        tuple of Tensor
-            ``(logits, features)`` with shapes ``(B, num_classes)`` and ``(B, feature_dim)``.
+        The shapes are those of :meth:`forward` and :meth:`features`: ``(B, num_classes)`` and
+        ``(B, feature_dim)``.
         """
         feats = self.features(x)
         return self.classifier(feats), feats

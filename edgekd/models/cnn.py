@@ -28,14 +28,11 @@ class SmallCNN(EdgeKDModel):
 
     Parameters
     ----------
-    num_classes : int
-        Number of output classes, at least 2.
-    in_channels : int, optional
-        Number of input channels. Default 3.
     widths : tuple of int, optional
         Number of filters of the three convolutions. Default ``(32, 64, 128)``.
-    representation_dim : int or None, optional
-        Size of an optional linear representation layer before the output layer.
+    num_classes, in_channels, representation_dim
+        Output classes (>= 2), input channels (default 3) and the optional representation
+        layer's size, as for every :class:`~edgekd.models.base.EdgeKDModel`.
     """
 
     def __init__(

@@ -89,14 +89,11 @@ class MobileNetV2(EdgeKDModel):
 
     Parameters
     ----------
-    num_classes : int
-        Number of output classes, at least 2.
-    in_channels : int, optional
-        Number of input channels. Default 3.
+    num_classes, in_channels, representation_dim
+        Output classes (>= 2), input channels (default 3) and the optional representation
+        layer's size, as for every :class:`~edgekd.models.base.EdgeKDModel`.
     width_mult : float, optional
         Width multiplier applied to every layer, including the last 1x1 convolution. Default 0.5.
-    representation_dim : int or None, optional
-        Size of an optional linear representation layer before the output layer.
     """
 
     def __init__(

@@ -106,12 +106,9 @@ class CifarResNet(EdgeKDModel):
     ----------
     depth : int
         Network depth; must be of the form ``6n + 2`` with ``n >= 1`` (8, 20, 32, 44, 56, 110...).
-    num_classes : int
-        Number of output classes, at least 2.
-    in_channels : int, optional
-        Number of input channels. Default 3.
-    representation_dim : int or None, optional
-        Size of an optional linear representation layer before the output layer.
+    num_classes, in_channels, representation_dim
+        Output classes (>= 2), input channels (default 3) and the optional representation
+        layer's size, as for every :class:`~edgekd.models.base.EdgeKDModel`.
 
     Raises
     ------

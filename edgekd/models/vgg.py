@@ -38,12 +38,9 @@ class VGGNet(EdgeKDModel):
     config : sequence of int or str
         Layer configuration: an int adds a 3x3 conv-BN-ReLU with that many filters, ``"M"`` a
         2x2 max pool (skipped on 1-pixel feature maps). Must contain at least one convolution.
-    num_classes : int
-        Number of output classes, at least 2.
-    in_channels : int, optional
-        Number of input channels. Default 3.
-    representation_dim : int or None, optional
-        Size of an optional linear representation layer before the output layer.
+    num_classes, in_channels, representation_dim
+        Output classes (>= 2), input channels (default 3) and the optional representation
+        layer's size, as for every :class:`~edgekd.models.base.EdgeKDModel`.
     """
 
     def __init__(

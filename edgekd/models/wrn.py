@@ -91,14 +91,11 @@ class WideResNet(EdgeKDModel):
         Network depth, of the form ``6n + 4`` with ``n >= 1`` (10, 16, 22, 28, 40...).
     widen : int
         Widening factor ``k`` (at least 1).
-    num_classes : int
-        Number of output classes, at least 2.
-    in_channels : int, optional
-        Number of input channels. Default 3.
+    num_classes, in_channels, representation_dim
+        Output classes (>= 2), input channels (default 3) and the optional representation
+        layer's size, as for every :class:`~edgekd.models.base.EdgeKDModel`.
     drop_rate : float, optional
         Dropout probability inside the blocks, in ``[0, 1)``. Default 0.
-    representation_dim : int or None, optional
-        Size of an optional linear representation layer before the output layer.
 
     Raises
     ------
