@@ -146,7 +146,8 @@ def _stratified_test_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _load_digits() -> DataBundle:
+def build_digits() -> DataBundle:
+    """Build the digits bundle from scikit-learn, uncached (:func:`load_dataset` caches it)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -322,7 +323,7 @@ def _load_cached(
     name: str, data_dir: str | None, npz_path: str | None, download: bool, _stamp: object
 ) -> DataBundle:
     if name == "digits":
-        return _load_digits()
+        return build_digits()
     if name == "npz":
         assert npz_path is not None
         return _load_npz(Path(npz_path))

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EdgeKDModel", "SafeMaxPool2d", "init_weights"]
+__all__ = ["EdgeKDModel", "SafeMaxPool2d", "check_positive_int", "init_weights"]
 
 
-def _check_positive_int(name: str, value: object, minimum: int) -> int:
+def check_positive_int(name: str, value: object, minimum: int) -> int:
     """Return ``value`` as ``int`` or raise ``ValueError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -105,10 +105,10 @@ class EdgeKDModel(nn.Module):
         representation_dim: int | None = None,
     ) -> None:
         super().__init__()
-        backbone_dim = _check_positive_int("backbone_dim", backbone_dim, 1)
-        num_classes = _check_positive_int("num_classes", num_classes, 2)
+        backbone_dim = check_positive_int("backbone_dim", backbone_dim, 1)
+        num_classes = check_positive_int("num_classes", num_classes, 2)
         if representation_dim is not None:
-            representation_dim = _check_positive_int("representation_dim", representation_dim, 1)
+            representation_dim = check_positive_int("representation_dim", representation_dim, 1)
         self.backbone = backbone
         self.backbone_dim: int = backbone_dim
         self.num_classes: int = num_classes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, _check_positive_int, init_weights
+from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, check_positive_int, init_weights
 from edgekd.models.registry import register_model
 
 __all__ = ["SmallCNN", "cnn"]
@@ -43,10 +43,10 @@ class SmallCNN(EdgeKDModel):
         *,
         representation_dim: int | None = None,
     ) -> None:
-        in_channels = _check_positive_int("in_channels", in_channels, 1)
+        in_channels = check_positive_int("in_channels", in_channels, 1)
         if len(widths) != 3:
             raise ValueError(f"widths must have 3 entries, got {widths!r}")
-        w1, w2, w3 = (_check_positive_int("widths", w, 1) for w in widths)
+        w1, w2, w3 = (check_positive_int("widths", w, 1) for w in widths)
         backbone = nn.Sequential(
             *_conv_bn_relu(in_channels, w1),
             SafeMaxPool2d(),

@@ -16,7 +16,7 @@ from typing import Final
 
 from torch import Tensor, nn
 
-from edgekd.models.base import EdgeKDModel, _check_positive_int, init_weights
+from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
 from edgekd.models.registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenetv2"]
@@ -104,7 +104,7 @@ class MobileNetV2(EdgeKDModel):
         *,
         representation_dim: int | None = None,
     ) -> None:
-        in_channels = _check_positive_int("in_channels", in_channels, 1)
+        in_channels = check_positive_int("in_channels", in_channels, 1)
         if not isinstance(width_mult, int | float) or not 0.0 < width_mult <= 4.0:
             raise ValueError(f"width_mult must be in (0, 4], got {width_mult!r}")
         channels = _make_divisible(32 * width_mult)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgekd.models.base import EdgeKDModel, _check_positive_int, init_weights
+from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
 from edgekd.models.registry import register_model
 
 __all__ = [
@@ -126,7 +126,7 @@ class CifarResNet(EdgeKDModel):
     ) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth!r}")
-        in_channels = _check_positive_int("in_channels", in_channels, 1)
+        in_channels = check_positive_int("in_channels", in_channels, 1)
         backbone = _ResNetBackbone((depth - 2) // 6, in_channels)
         init_weights(backbone)
         super().__init__(backbone, 64, num_classes, representation_dim)

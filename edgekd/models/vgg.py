@@ -18,7 +18,7 @@ from typing import Final
 
 from torch import nn
 
-from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, _check_positive_int, init_weights
+from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, check_positive_int, init_weights
 from edgekd.models.registry import register_model
 
 __all__ = ["VGG_CONFIGS", "VGGNet", "vgg8", "vgg11"]
@@ -51,13 +51,13 @@ class VGGNet(EdgeKDModel):
         *,
         representation_dim: int | None = None,
     ) -> None:
-        channels = _check_positive_int("in_channels", in_channels, 1)
+        channels = check_positive_int("in_channels", in_channels, 1)
         layers: list[nn.Module] = []
         for item in config:
             if item == "M":
                 layers.append(SafeMaxPool2d())
                 continue
-            width = _check_positive_int("VGG config entry", item, 1)
+            width = check_positive_int("VGG config entry", item, 1)
             layers += [
                 nn.Conv2d(channels, width, 3, padding=1, bias=False),
                 nn.BatchNorm2d(width),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgekd.models.base import EdgeKDModel, _check_positive_int, init_weights
+from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
 from edgekd.models.registry import register_model
 
 __all__ = ["WideBasicBlock", "WideResNet", "wrn16_1", "wrn16_2"]
@@ -113,11 +113,11 @@ class WideResNet(EdgeKDModel):
         *,
         representation_dim: int | None = None,
     ) -> None:
-        depth = _check_positive_int("depth", depth, 10)
+        depth = check_positive_int("depth", depth, 10)
         if (depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth!r}")
-        widen = _check_positive_int("widen", widen, 1)
-        in_channels = _check_positive_int("in_channels", in_channels, 1)
+        widen = check_positive_int("widen", widen, 1)
+        in_channels = check_positive_int("in_channels", in_channels, 1)
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         backbone = _WRNBackbone(depth, widen, in_channels, drop_rate)

@@ -255,7 +255,7 @@ def test_digits_embedded_dataset() -> None:
 def test_digits_split_is_deterministic() -> None:
     """The digits split does not depend on the cache: rebuilding it gives the same arrays."""
     cached = load_dataset("digits")
-    fresh = loading._load_digits()
+    fresh = loading.build_digits()
     np.testing.assert_array_equal(cached.x_train, fresh.x_train)
     np.testing.assert_array_equal(cached.y_test, fresh.y_test)
     assert load_dataset(" Digits ") is cached
