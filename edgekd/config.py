@@ -19,11 +19,11 @@ import numpy as np
 
 __all__ = [
     "ExperimentConfig",
+    "Rules",
     "SimulatedEdges",
-    "check_at_least",
     "check_choice",
+    "check_fields",
     "check_known_keys",
-    "check_positive",
     "config_key",
     "config_value",
     "parse_section",
@@ -117,18 +117,69 @@ def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{key} must be one of {valid}, got {value!r}")
 
 
-def check_at_least(items: Iterable[tuple[str, float, float]]) -> None:
-    """Raise ``ValueError`` for the first ``(key, value, low)`` with ``value < low``."""
-    for key, value, low in items:
-        if value < low:
-            raise ValueError(f"{key} must be >= {low}, got {value}")
+@dataclass(frozen=True)
+class Rules:
+    """Declarative value rules of a config section, checked by :func:`check_fields`.
+
+    Attributes
+    ----------
+    choices : Mapping[str, tuple[str, ...]]
+        Field -> its valid values.
+    at_least : Mapping[float, str]
+        Lower bound -> the (space-separated) fields that must be ``>=`` it.
+    positive : str
+        The (space-separated) fields that must be ``> 0``.
+    within : Mapping[str, str]
+        Field -> interval in mathematical notation, e.g. ``"[0, 1)"``.
+    """
+
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    at_least: Mapping[float, str] = field(default_factory=dict)
+    positive: str = ""
+    within: Mapping[str, str] = field(default_factory=dict)
 
 
-def check_positive(items: Iterable[tuple[str, float]]) -> None:
-    """Raise ``ValueError`` for the first ``(key, value)`` whose value is not > 0."""
-    for key, value in items:
-        if not value > 0:
-            raise ValueError(f"{key} must be > 0, got {value}")
+def _inside(value: float, interval: str) -> bool:
+    low_text, high_text = interval[1:-1].split(",")
+    low, high = float(low_text), float(high_text)
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def check_fields(instance: Any, prefix: str, rules: Rules) -> None:
+    """Raise ``ValueError`` for the first field of ``instance`` that breaks ``rules``.
+
+    The message names the run-config key (``<prefix><field in kebab-case>``) and the value.
+    """
+
+    def key(name: str) -> str:
+        return config_key(prefix, name)
+
+    for name, valid in rules.choices.items():
+        check_choice(key(name), getattr(instance, name), valid)
+    for low, names in rules.at_least.items():
+        for name in names.split():
+            if getattr(instance, name) < low:
+                raise ValueError(f"{key(name)} must be >= {low}, got {getattr(instance, name)!r}")
+    for name in rules.positive.split():
+        if not getattr(instance, name) > 0:
+            raise ValueError(f"{key(name)} must be > 0, got {getattr(instance, name)!r}")
+    for name, interval in rules.within.items():
+        if not _inside(getattr(instance, name), interval):
+            raise ValueError(f"{key(name)} must be in {interval}, got {getattr(instance, name)!r}")
+
+
+_EXPERIMENT_RULES = Rules(
+    choices={"lr_schedule": ("constant", "cosine")},
+    at_least={
+        1: "num_server_rounds num_partitions batch_size min_available_nodes",
+        0: "seed partition_seed min_partition_size local_epochs momentum weight_decay "
+        "client_threads proximal_mu",
+    },
+    positive="dirichlet_alpha lr",
+    within={"core_fraction": "[0, 1)", "fraction_train": "(0, 1]", "fraction_evaluate": "[0, 1]"},
+)
 
 
 @dataclass(frozen=True)
@@ -172,33 +223,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         """Validate ranges; names are checked against the registries by the server."""
-        checks: list[tuple[bool, str]] = [
-            (self.num_server_rounds >= 1, "num-server-rounds must be >= 1"),
-            (self.seed >= 0, "seed must be >= 0"),
-            (self.partition_seed >= 0, "partition-seed must be >= 0"),
-            (self.num_partitions >= 1, "num-partitions must be >= 1"),
-            (self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0"),
-            (self.min_partition_size >= 0, "min-partition-size must be >= 0"),
-            (0.0 <= self.core_fraction < 1.0, "core-fraction must be in [0, 1)"),
-            (self.local_epochs >= 0, "local-epochs must be >= 0"),
-            (self.batch_size >= 1, "batch-size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.momentum >= 0, "momentum must be >= 0"),
-            (self.weight_decay >= 0, "weight-decay must be >= 0"),
-            (self.client_threads >= 0, "client-threads must be >= 0 (0 = follow the CPU share)"),
-            (0.0 < self.fraction_train <= 1.0, "fraction-train must be in (0, 1]"),
-            (0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate must be in [0, 1]"),
-            (self.min_available_nodes >= 1, "min-available-nodes must be >= 1"),
-            (self.proximal_mu >= 0, "proximal-mu must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                key = message.split(" ", 1)[0]
-                raise ValueError(f"{message}, got {getattr(self, key.replace('-', '_'))!r}")
-        if self.lr_schedule not in {"constant", "cosine"}:
-            raise ValueError(
-                f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
-            )
+        check_fields(self, "", _EXPERIMENT_RULES)
         if self.dataset == "npz" and not self.npz_path:
             raise ValueError("dataset 'npz' needs npz-path, got an empty npz-path")
 
@@ -257,10 +282,8 @@ class SimulatedEdges:
 
     def __post_init__(self) -> None:
         """Validate the values, naming the bad one."""
-        if self.noise_mode not in {"shuffle", "flip"}:
-            raise ValueError(f"sim-noise-mode must be 'shuffle' or 'flip', got {self.noise_mode!r}")
-        if not 0.0 <= self.noise_p <= 1.0:
-            raise ValueError(f"sim-noise-p must be in [0, 1], got {self.noise_p}")
+        check_fields(self, "sim-", Rules(choices={"noise_mode": ("shuffle", "flip")}))
+        check_fields(self, "sim-", Rules(within={"noise_p": "[0, 1]"}))
         for pid, low, high in self.lag:
             if low < 0 or high < low:
                 raise ValueError(f"sim-lag-edges: bad delay {low}-{high} for partition {pid}")

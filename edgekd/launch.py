@@ -51,7 +51,9 @@ from edgekd.processes import flower_env, free_port, stop_process
 
 __all__ = [
     "LaunchError",
+    "add_app_arguments",
     "app_run_config",
+    "command_line",
     "effective_run_config",
     "flwr_run_command",
     "format_pairs",
@@ -388,6 +390,27 @@ def launch(
         return _run_outcome(completed.returncode, listing.stdout)
 
 
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app directory and the repeatable ``--run-config`` of every edgekd command line."""
+    parser.add_argument("app", nargs="?", default=".", help="the Flower app directory")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=[],
+        help="a TOML file or 'key=value ...' overrides (repeatable)",
+    )
+
+
+def command_line(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """An argument parser for ``prog`` with :func:`add_app_arguments`."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_app_arguments(parser)
+    return parser
+
+
 def _check(app: Path, run_config: Sequence[str]) -> None:
     """Refuse unknown keys and bad values before any process starts (``ValueError``)."""
     from edgekd.runner import check_run_config
@@ -397,19 +420,7 @@ def _check(app: Path, run_config: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m edgekd.launch --help``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m edgekd.launch",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("app", nargs="?", default=".", help="the Flower app directory")
-    parser.add_argument(
-        "--run-config",
-        "-c",
-        action="append",
-        default=[],
-        help="a TOML file or 'key=value ...' overrides (repeatable)",
-    )
+    parser = command_line("python -m edgekd.launch", __doc__)
     parser.add_argument(
         "--federation-config",
         default="",

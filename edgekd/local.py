@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections.abc import Sequence
@@ -28,7 +27,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from edgekd.clients.app import app as client_app
 from edgekd.config import ExperimentConfig
 from edgekd.inprocess import InProcessGrid
-from edgekd.launch import PATH_KEYS, LaunchError, app_run_config, effective_run_config
+from edgekd.launch import (
+    PATH_KEYS,
+    LaunchError,
+    app_run_config,
+    command_line,
+    effective_run_config,
+)
 from edgekd.runner import check_run_config, make_output_dir, run_experiment
 from edgekd.training import set_torch_threads
 
@@ -70,19 +75,7 @@ def run_local(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m edgekd.local --help``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m edgekd.local",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("app", nargs="?", default=".", help="the Flower app directory")
-    parser.add_argument(
-        "--run-config",
-        "-c",
-        action="append",
-        default=[],
-        help="a TOML file or 'key=value ...' overrides (repeatable)",
-    )
+    parser = command_line("python -m edgekd.local", __doc__)
     parser.add_argument("--out-dir", default=None, help="exact output directory")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(

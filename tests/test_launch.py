@@ -72,54 +72,98 @@ def _fab_members(app: Path) -> dict[str, bytes]:
         return {n: fab.read(n) for n in fab.namelist() if not n.startswith(".info/")}
 
 
+def _app_like_this_repo(app: Path) -> None:
+    """A small app with this repo's pyproject.toml and every kind of file the repo has."""
+    files = {
+        "pyproject.toml": (ROOT / "pyproject.toml").read_text(),
+        "README.md": "# app\n",
+        "LICENSE": "Apache-2.0\n",
+        ".gitignore": "results/runs/\n.ci-venv/\n*.npz\n",
+        "edgekd/__init__.py": "X = 1\n",
+        "edgekd/strategies/s.py": "Y = 2\n",
+        "examples/custom.py": "Z = 3\n",
+        "simulations/p.toml": "lr = 0.1\n",
+        "tests/conftest.py": "pass\n",
+        "tests/test_x.py": "pass\n",
+        "benchmarks/bench.py": "pass\n",
+        "benchmarks/README.md": "# numbers\n",
+        "scripts/run.py": "pass\n",
+        "docs/deploy.md": "# deploy\n",
+        "results/summary.json": "{}",
+        "results/fedmd/README.md": "# results\n",
+        "results/runs/r1/metrics.json": "[]",
+        ".git/config.json": "{}",
+        "edgekd/__pycache__/x.py": "pass\n",
+    }
+    for venv in (".venv", ".ci-venv"):
+        files[f"{venv}/pyvenv.cfg"] = "home = /usr\n"
+        files.update({f"{venv}/lib/site/m{i}.py": "pass\n" for i in range(20)})
+    for name, text in files.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    (app / "results" / "plot.png").write_bytes(b"\x89PNG")
+    (app / "data.npz").write_bytes(b"x")
+
+
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
+def test_fab_carries_only_the_app(tmp_path: Path) -> None:
+    """The FAB of an app with this repo's pyproject holds the package, examples and README only.
+
+    Prepare: an app with this repo's pyproject.toml (its fab-include), package and example
+    modules, README, LICENSE, and tests/, benchmarks/, scripts/, docs/, simulations/ and
+    results/ files of FAB types.
+    Execute: Flower's build_fab_from_disk.
+    Assert: exactly pyproject.toml, README.md, the package's and the example's modules.
+    """
+    app = tmp_path / "app"
+    _app_like_this_repo(app)
+    assert set(_fab_members(app)) == {
+        "pyproject.toml",
+        "README.md",
+        "edgekd/__init__.py",
+        "edgekd/strategies/s.py",
+        "examples/custom.py",
+    }
+
+
 @pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 def test_staged_app_packs_into_the_same_fab(tmp_path: Path) -> None:
     """The launcher's staged copy gives Flower the same FAB without the files it drops.
 
-    Prepare: a copy of this repo's pyproject.toml, package files, a profile, a LICENSE, a
-    .gitignore ignoring results/runs/, .ci-venv/ and *.npz, and what FAB building throws away:
-    .venv and .ci-venv (pyvenv.cfg plus .py files), __pycache__, an ignored results directory
-    holding JSON, an npz and a PNG; and a .git with a JSON file (which Flower does pack).
-    Execute: stage_app into a directory left with a stale file by an earlier run, then
-    Flower's build_fab_from_disk on the original and the copy.
+    Prepare: the app of :func:`_app_like_this_repo` (with .venv, .ci-venv, __pycache__, an
+    ignored results directory, an npz and a PNG, and a .git holding JSON); a staging
+    directory left with a stale file by an earlier run.
+    Execute: stage_app, then Flower's build_fab_from_disk on the original and the copy.
     Assert: the two FABs hold the same members with the same bytes (the stale file is gone);
     the copy holds none of the pruned directories (nothing of them was walked into it).
     """
     app = tmp_path / "app"
-    (app / "pkg").mkdir(parents=True)
-    (app / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
-    (app / "pkg" / "__init__.py").write_text("X = 1\n")
-    (app / "pkg" / "notes.md").write_text("# notes\n")
-    (app / "simulations").mkdir()
-    (app / "simulations" / "p.toml").write_text("lr = 0.1\n")
-    (app / "LICENSE").write_text("Apache-2.0\n")
-    (app / ".gitignore").write_text("results/runs/\n.ci-venv/\n*.npz\n")
-    (app / "results" / "runs" / "r1").mkdir(parents=True)
-    (app / "results" / "runs" / "r1" / "metrics.json").write_text("[]")
-    (app / "results" / "summary.json").write_text("{}")
-    (app / "results" / "plot.png").write_bytes(b"\x89PNG")
-    (app / "data.npz").write_bytes(b"x")
-    for venv in (app / ".venv", app / ".ci-venv"):
-        (venv / "lib" / "site").mkdir(parents=True)
-        (venv / "pyvenv.cfg").write_text("home = /usr\n")
-        for i in range(20):
-            (venv / "lib" / "site" / f"m{i}.py").write_text("pass\n")
-    (app / ".git").mkdir()
-    (app / ".git" / "config.json").write_text("{}")
-    (app / "pkg" / "__pycache__").mkdir()
-    (app / "pkg" / "__pycache__" / "x.py").write_text("pass\n")
-
+    _app_like_this_repo(app)
     (tmp_path / "staged").mkdir()
     (tmp_path / "staged" / "stale.py").write_text("left by an earlier run\n")
     staged = stage_app(app, tmp_path / "staged")
 
     original = _fab_members(app)
-    assert "pkg/__init__.py" in original
-    assert "results/summary.json" in original
+    assert "edgekd/__init__.py" in original
     assert _fab_members(staged) == original
     copied = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
-    assert ".git/config.json" in original
+    assert "stale.py" not in copied
     assert not any(p.startswith((".venv/", ".ci-venv/", "results/runs/")) for p in copied), copied
     assert not any("__pycache__" in p for p in copied), copied
     assert "data.npz" not in copied
     assert "results/plot.png" not in copied
+
+
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
+def test_this_repo_fab_has_no_tests_benchmarks_or_results(tmp_path: Path) -> None:
+    """The FAB `flwr run` ships for this repository carries only the app.
+
+    Prepare: this repository.
+    Execute: stage_app (as the launcher does), then Flower's build_fab_from_disk on the copy.
+    Assert: every member is pyproject.toml, README.md, or below edgekd/ or examples/; the
+    ServerApp and ClientApp modules are in it.
+    """
+    members = set(_fab_members(stage_app(ROOT, tmp_path / "staged")))
+    outside = {m for m in members if not m.startswith(("edgekd/", "examples/"))}
+    assert outside == {"pyproject.toml", "README.md"}
+    assert {"edgekd/server/app.py", "edgekd/clients/app.py"} <= members

@@ -43,7 +43,7 @@ from edgekd.deploy.certs import (
     generate_node_key,
 )
 from edgekd.deploy.local import CONNECTION, DeploymentError, LocalDeployment, RunResult
-from edgekd.launch import effective_run_config
+from edgekd.launch import add_app_arguments, effective_run_config
 
 
 def _credentials(
@@ -136,53 +136,61 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _deployment(
+    args: argparse.Namespace, num_nodes: int
+) -> Iterator[tuple[LocalDeployment | None, Path]]:
+    """A started deployment with ``num_nodes`` SuperNodes (None, after printing why, if the
+    nodes could not start) and its work directory; stopped on exit."""
+    with _workdir(args.workdir) as workdir:
+        creds = _credentials(args.certs, args.insecure, workdir, num_nodes)
+        with LocalDeployment(workdir, credentials=creds, insecure=args.insecure) as deployment:
+            try:
+                _start_nodes(deployment, creds, _node_configs(num_nodes, args.node_data))
+            except DeploymentError as err:
+                print(f"edgekd.deploy: {err}", file=sys.stderr)
+                yield None, workdir
+                return
+            yield deployment, workdir
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``run``: deployment + one ``flwr run`` + stop."""
     app = Path(args.app).resolve()
     config = effective_run_config(app, args.run_config)
     num_nodes = args.nodes or (len(args.node_data) if args.node_data else 0)
     num_nodes = num_nodes or int(config.get("num-partitions", 2))
-    with _workdir(args.workdir) as workdir:
-        creds = _credentials(args.certs, args.insecure, workdir, num_nodes)
-        with LocalDeployment(workdir, credentials=creds, insecure=args.insecure) as deployment:
-            try:
-                _start_nodes(deployment, creds, _node_configs(num_nodes, args.node_data))
-            except DeploymentError as err:
-                print(f"edgekd.deploy: {err}", file=sys.stderr)
-                return 1
-            result = deployment.run(app, args.run_config, timeout=args.timeout, stream=sys.stdout)
-            return _report(result, deployment)
+    with _deployment(args, num_nodes) as (deployment, _):
+        if deployment is None:
+            return 1
+        result = deployment.run(app, args.run_config, timeout=args.timeout, stream=sys.stdout)
+        return _report(result, deployment)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     """``up``: deployment until Ctrl-C."""
     num_nodes = args.nodes or (len(args.node_data) if args.node_data else 2)
-    with _workdir(args.workdir) as workdir:
-        creds = _credentials(args.certs, args.insecure, workdir, num_nodes)
-        with LocalDeployment(workdir, credentials=creds, insecure=args.insecure) as deployment:
-            try:
-                _start_nodes(deployment, creds, _node_configs(num_nodes, args.node_data))
-            except DeploymentError as err:
-                print(f"edgekd.deploy: {err}", file=sys.stderr)
-                return 1
-            home = shlex.quote(str(deployment.flwr_home))
-            print(
-                f"edgekd.deploy: SuperLink {deployment.address}, logs in {workdir}\n"
-                f"Run an app on it (another shell):\n"
-                f"  FLWR_HOME={home} flwr run . {CONNECTION} --stream "
-                f"--run-config 'num-partitions={num_nodes} ...'\n"
-                f"  FLWR_HOME={home} flwr ls {CONNECTION}\n"
-                "Press Ctrl-C to stop the SuperLink and every SuperNode.",
-                flush=True,
-            )
-            try:
-                while deployment.all_alive():
-                    time.sleep(1.0)
-                print("edgekd.deploy: a process exited; stopping", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                print("edgekd.deploy: stopping", flush=True)
-                return 0
+    with _deployment(args, num_nodes) as (deployment, workdir):
+        if deployment is None:
+            return 1
+        home = shlex.quote(str(deployment.flwr_home))
+        print(
+            f"edgekd.deploy: SuperLink {deployment.address}, logs in {workdir}\n"
+            f"Run an app on it (another shell):\n"
+            f"  FLWR_HOME={home} flwr run . {CONNECTION} --stream "
+            f"--run-config 'num-partitions={num_nodes} ...'\n"
+            f"  FLWR_HOME={home} flwr ls {CONNECTION}\n"
+            "Press Ctrl-C to stop the SuperLink and every SuperNode.",
+            flush=True,
+        )
+        try:
+            while deployment.all_alive():
+                time.sleep(1.0)
+            print("edgekd.deploy: a process exited; stopping", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("edgekd.deploy: stopping", flush=True)
+            return 0
 
 
 def _add_deployment_args(parser: argparse.ArgumentParser) -> None:
@@ -228,14 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs.set_defaults(func=cmd_certs)
 
     run = commands.add_parser("run", help="local secured deployment + flwr run + stop")
-    run.add_argument("app", nargs="?", default=".", help="the Flower app directory")
-    run.add_argument(
-        "--run-config",
-        "-c",
-        action="append",
-        default=[],
-        help="a TOML file or 'key=value ...' overrides (repeatable)",
-    )
+    add_app_arguments(run)
     run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     _add_deployment_args(run)
     run.set_defaults(func=cmd_run)

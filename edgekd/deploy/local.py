@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shlex
 import signal
@@ -34,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
@@ -44,7 +43,15 @@ from flwr.common.logger import log
 
 from edgekd.deploy.certs import DevCredentials
 from edgekd.launch import run_config_arguments
-from edgekd.processes import flower_env, free_port, stop_process
+from edgekd.processes import (
+    alive_flower_processes,
+    descendants,
+    flower_env,
+    free_port,
+    process_table,
+    signal_all,
+    stop_process,
+)
 
 __all__ = [
     "CONNECTION",
@@ -132,74 +139,6 @@ def format_node_config(values: Mapping[str, Any]) -> str:
             text = str(value)
         parts.append(f"{key}={text}")
     return " ".join(parts)
-
-
-def _process_table() -> dict[int, tuple[int, int]]:
-    """``pid -> (ppid, pgid)`` of every process (``ps`` works on Linux and macOS)."""
-    out = subprocess.run(
-        ["ps", "-A", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True, check=False
-    ).stdout
-    table: dict[int, tuple[int, int]] = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) == 3 and all(f.isdigit() for f in fields):
-            table[int(fields[0])] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def _descendants(roots: Iterable[int], table: Mapping[int, tuple[int, int]]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    stack = [r for r in roots if r in table]
-    while stack:
-        pid = stack.pop()
-        for child in children.get(pid, []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def _command_line(pid: int) -> str | None:
-    """The command line of a live, non-zombie process, or None."""
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return None
-            return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            return None
-    out = subprocess.run(
-        ["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if not out or out.startswith("Z"):
-        return None
-    return out.split(None, 1)[1] if " " in out else out
-
-
-def alive_flower_processes(pids: Iterable[int]) -> dict[int, str]:
-    """Those of ``pids`` that are alive Flower processes (``flower-*``/``flwr*``): pid -> cmd."""
-    alive = {}
-    for pid in pids:
-        cmd = _command_line(pid)
-        if cmd is not None and ("flower" in cmd or "flwr" in cmd):
-            alive[pid] = cmd
-    return alive
-
-
-def _signal_all(pids: Iterable[int], table: Mapping[int, tuple[int, int]], sig: int) -> None:
-    """Send ``sig`` to each pid and to each pid's process group (never to our own group)."""
-    own_group = os.getpgrp()
-    for pid in pids:
-        pgid = table.get(pid, (0, 0))[1]
-        if pgid > 1 and pgid != own_group:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
 
 
 class LocalDeployment:
@@ -601,8 +540,8 @@ class LocalDeployment:
         return roots
 
     def _remember_descendants(self) -> set[int]:
-        table = _process_table()
-        found = _descendants([p.pid for p in self._roots()], table)
+        table = process_table()
+        found = descendants([p.pid for p in self._roots()], table)
         self._seen |= found
         return found
 
@@ -619,22 +558,20 @@ class LocalDeployment:
         descendants in other process groups (SuperExec, ServerApp, ClientApp) get the same
         treatment afterwards, by PID.
         """
-        descendants = self._remember_descendants()
+        remembered = self._remember_descendants()
         for process in self._roots():
             stop_process(process.popen)
-        table = _process_table()
-        leftover = {
-            pid for pid in descendants | _descendants([p.pid for p in self._roots()], table)
-        }
+        table = process_table()
+        leftover = {pid for pid in remembered | descendants([p.pid for p in self._roots()], table)}
         leftover = set(alive_flower_processes(leftover))
         if leftover:
-            _signal_all(leftover, table, signal.SIGTERM)
+            signal_all(leftover, table, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while leftover and time.monotonic() < deadline:
                 time.sleep(0.2)
                 leftover = set(alive_flower_processes(leftover))
             if leftover:
-                _signal_all(leftover, table, signal.SIGKILL)
+                signal_all(leftover, table, signal.SIGKILL)
         self.supernodes.clear()
         self._others.clear()
         self.superlink = None

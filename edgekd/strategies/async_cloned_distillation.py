@@ -27,7 +27,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from edgekd.config import ExperimentConfig, check_choice, parse_section
+from edgekd.config import ExperimentConfig, Rules, check_fields, parse_section
 from edgekd.protocol import METRICS
 from edgekd.strategies.cloned_distillation import (
     ClonedDistillation,
@@ -41,6 +41,14 @@ __all__ = ["AsyncClonedDistillation", "AsyncConfig", "staleness_weight"]
 LATE_POLICIES = ("use", "discard")
 FINAL_POLICIES = ("wait", "drop")
 WEIGHTINGS = ("constant", "polynomial")
+_RULES = Rules(
+    choices={
+        "late_policy": LATE_POLICIES,
+        "final_policy": FINAL_POLICIES,
+        "staleness_weighting": WEIGHTINGS,
+    },
+    at_least={0: "round_wait edge_deadline final_wait poll_interval staleness_alpha"},
+)
 
 
 def staleness_weight(staleness: int, weighting: str, alpha: float) -> float:
@@ -89,18 +97,7 @@ class AsyncConfig:
 
     def __post_init__(self) -> None:
         """Validate, naming the bad value."""
-        check_choice("async-late-policy", self.late_policy, LATE_POLICIES)
-        check_choice("async-final-policy", self.final_policy, FINAL_POLICIES)
-        check_choice("async-staleness-weighting", self.staleness_weighting, WEIGHTINGS)
-        for key, value in [
-            ("async-round-wait", self.round_wait),
-            ("async-edge-deadline", self.edge_deadline),
-            ("async-final-wait", self.final_wait),
-            ("async-poll-interval", self.poll_interval),
-            ("async-staleness-alpha", self.staleness_alpha),
-        ]:
-            if value < 0:
-                raise ValueError(f"{key} must be >= 0, got {value}")
+        check_fields(self, "async-", _RULES)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AsyncConfig:
@@ -251,17 +248,15 @@ class AsyncClonedDistillation(ClonedDistillation):
             "pending": len(self.pending),
         }
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Any = None,
-    ) -> Result:
-        """Phase 0, then one push per round and non-blocking pulls; then drain or drop."""
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:
+        """Phase 0, then one push per round and non-blocking pulls; then drain or drop.
+
+        ``options`` are Flower's other ``start`` arguments, by keyword: ``num_rounds``,
+        ``train_config`` (sent to every edge), ``evaluate_fn`` (the server's end-of-round hook);
+        ``timeout`` and ``evaluate_config`` are unused (the ``async-*`` waits apply; there is no
+        federated evaluation).
+        """
+        num_rounds, evaluate_fn = options.get("num_rounds", 3), options.get("evaluate_fn")
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         self.nodes.request(grid)
@@ -272,33 +267,39 @@ class AsyncClonedDistillation(ClonedDistillation):
         if evaluate_fn is not None:
             result.evaluate_metrics_serverapp[0] = evaluate_fn(0, arrays)
         self.nodes.map(grid, self.cd.round_timeout)
-        config = train_config or ConfigRecord()
-        wait = self.async_config
+        config = options.get("train_config") or ConfigRecord()
         for server_round in range(1, num_rounds + 1):
-            messages = list(self.configure_train(server_round, arrays, config, grid))
-            edge = self._current_edge if self._current_edge is not None else -1
-            ids = list(grid.push_messages(messages))
-            for message_id in ids:
-                self.pending[message_id] = _Pending(server_round, edge, time.monotonic())
-            deadline = time.monotonic() + wait.round_wait
-            consumed: list[dict[str, Any]] = []
-            while True:
-                consumed += self._consume(grid, server_round)
-                if not any(i in self.pending for i in ids) or time.monotonic() >= deadline:
-                    break
-                time.sleep(wait.poll_interval)
-            if any(i in self.pending for i in ids):
-                log(INFO, "async: round %s: edge %s is late; moving on", server_round, edge)
-            self._expire(server_round)
+            metrics = self._async_round(grid, server_round, arrays, config)
             arrays = self._state(self.model)
             result.arrays = arrays
-            metrics = self._round_metrics(consumed, edge)
             self.report(server_round, metrics)
             result.train_metrics_clientapp[server_round] = scalar_metrics(metrics)
             if evaluate_fn is not None:
                 result.evaluate_metrics_serverapp[server_round] = evaluate_fn(server_round, arrays)
         self._finish(grid, num_rounds, result, evaluate_fn)
         return result
+
+    def _async_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> dict[str, Any]:
+        """Push this round's edge, pull (and distil) what is ready until it answered or
+        ``async-round-wait`` passed; the round's metrics."""
+        messages = list(self.configure_train(server_round, arrays, config, grid))
+        edge = self._current_edge if self._current_edge is not None else -1
+        ids = list(grid.push_messages(messages))
+        for message_id in ids:
+            self.pending[message_id] = _Pending(server_round, edge, time.monotonic())
+        deadline = time.monotonic() + self.async_config.round_wait
+        consumed: list[dict[str, Any]] = []
+        while True:
+            consumed += self._consume(grid, server_round)
+            if not any(i in self.pending for i in ids) or time.monotonic() >= deadline:
+                break
+            time.sleep(self.async_config.poll_interval)
+        if any(i in self.pending for i in ids):
+            log(INFO, "async: round %s: edge %s is late; moving on", server_round, edge)
+        self._expire(server_round)
+        return self._round_metrics(consumed, edge)
 
     def _finish(self, grid: Grid, num_rounds: int, result: Result, evaluate_fn: Any) -> None:
         """Wait for or drop the replies still outstanding after the last round."""

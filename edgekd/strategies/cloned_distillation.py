@@ -34,13 +34,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from edgekd.cache import TrainingCache, run_description, state_digest
 from edgekd.config import ExperimentConfig
 from edgekd.distillation import DistillPool, distill, make_distill_pool, pool_logits
 from edgekd.experiment import TensorData, build_experiment_model, core_data, test_data
 from edgekd.metrics import consensus_change, prediction_consensus
 from edgekd.models import EdgeKDModel
-from edgekd.protocol import ARRAYS, CONFIG, METRICS, member_key
+from edgekd.protocol import ARRAYS, CONFIG, METRICS
 from edgekd.seeds import derive_seed
 from edgekd.strategies.cloned_distillation_config import (
     ClonedDistillationConfig,
@@ -50,10 +49,12 @@ from edgekd.strategies.common import (
     NodeMapper,
     RoundReports,
     instruction,
+    reply_members,
     scalar_metrics,
 )
+from edgekd.strategies.core_model import train_on_core
 from edgekd.strategies.registry import StrategyContext, register_strategy
-from edgekd.training import TrainResult, evaluate, predict_logits, train_supervised
+from edgekd.training import TrainResult, evaluate, predict_logits
 
 __all__ = ["ClonedDistillation", "ClonedDistillationConfig", "EdgeTeacher", "parse_variant"]
 
@@ -129,25 +130,18 @@ class ClonedDistillation(RoundReports, Strategy):
         """Log the configuration."""
         cd = self.cd
         log(INFO, "\t├── Variant: %s (edge init %s)", cd.variant or "custom", cd.edge_init)
+        log(INFO, "\t├── P=%s (%s), M=%s", cd.ensemble_size, cd.ensemble_mode, cd.memory_size)
+        log(INFO, "\t├── Phase 0: %s epochs, lr %s", cd.core_epochs, cd.core_lr)
         log(
             INFO,
-            "\t├── Ensemble P=%s (%s), memory M=%s",
-            cd.ensemble_size,
-            cd.ensemble_mode,
-            cd.memory_size,
-        )
-        log(
-            INFO,
-            "\t├── Phase 0: %s epochs, lr %s; Phase 2: %s epochs, lr %s, t=%s",
-            cd.core_epochs,
-            cd.core_lr,
+            "\t├── Phase 2: %s epochs, lr %s, t=%s",
             cd.distill_epochs,
             cd.distill_lr,
             cd.temperature,
         )
         log(
             INFO,
-            "\t└── Core data: %s examples; edges: %s; order %s",
+            "\t└── Core: %s examples; %s edges, %s",
             len(self.core),
             self.config.num_partitions,
             cd.edge_order,
@@ -165,44 +159,16 @@ class ClonedDistillation(RoundReports, Strategy):
     def _state(self, model: torch.nn.Module) -> ArrayRecord:
         return ArrayRecord(model.state_dict())
 
-    # ------------------------------------------------------------------ Phase 0
     def _train_on_core(self, model: torch.nn.Module, seed: int) -> float:
-        """Phase 0 for ``model`` (loaded from ``cache-dir`` when an identical run stored it)."""
-        if self.cd.core_epochs == 0:
-            return evaluate(model, self.core.x, self.core.y).accuracy
-        description = {
-            "config": run_description(self.config),
-            "core-epochs": self.cd.core_epochs,
-            "core-lr": self.cd.core_lr,
-            "seed": seed,
-            "initial": state_digest(model.state_dict()),
-        }
-
-        def train() -> dict[str, Any]:
-            accuracy = self._fit_core(model, seed)
-            return {"state": model.state_dict(), "accuracy": accuracy}
-
-        stored = TrainingCache(self.config.cache_dir).get_or_compute("phase0", description, train)
-        model.load_state_dict(stored["state"])
-        return float(stored["accuracy"])
-
-    def _fit_core(self, model: torch.nn.Module, seed: int) -> float:
-        result = train_supervised(
+        return train_on_core(
             model,
-            self.core.x,
-            self.core.y,
+            self.core,
+            self.config,
             epochs=self.cd.core_epochs,
-            batch_size=self.config.batch_size,
             lr=self.cd.core_lr,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
             seed=seed,
-            augment=self.config.augment,
-            padding=self.core.padding,
             flip=self._flip,
-            lr_schedule="cosine",
         )
-        return result.accuracy
 
     def phase0(self) -> None:
         """Train the core (and, for I-variants, the independent model) on the core data."""
@@ -268,27 +234,8 @@ class ClonedDistillation(RoundReports, Strategy):
 
     def _teachers_from_reply(self, reply: Message) -> list[EdgeKDModel]:
         """Load and validate every returned model; raise ValueError naming what is wrong."""
-        if reply.has_error():
-            raise ValueError(
-                f"edge replied with error {reply.error.code}: "
-                f"{(reply.error.reason or '').splitlines()[:1]}"
-            )
-        content = reply.content
-        if METRICS not in content.metric_records:
-            raise ValueError("reply has no 'metrics' record")
-        raw_size = content[METRICS].get("ensemble-size", 1)
-        if not isinstance(raw_size, int | float) or raw_size != self.cd.ensemble_size:
-            raise ValueError(
-                f"reply has ensemble-size {raw_size!r}, expected {self.cd.ensemble_size}"
-            )
-        reference = self.model.state_dict()
         teachers = []
-        for index in range(int(raw_size)):
-            key = member_key(index)
-            if key not in content.array_records:
-                raise ValueError(f"reply misses ensemble member {key!r}")
-            state = content.array_records[key].to_torch_state_dict()
-            _check_state(key, state, reference)
+        for state in reply_members(reply, self.cd.ensemble_size, self.model.state_dict()):
             teacher = build_experiment_model(self.config)
             teacher.load_state_dict(state, strict=True)
             teacher.eval()
@@ -523,50 +470,19 @@ class ClonedDistillation(RoundReports, Strategy):
         """Nothing to aggregate (see :meth:`configure_evaluate`)."""
         return None
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Any = None,
-    ) -> Result:
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:
         """Phase 0 on the core data, then Flower's round loop with one edge per round.
 
-        ``initial_arrays`` is ignored: the core model is built and trained at the server. The
-        nodes are asked for their partitions before Phase 0 and answer while it runs.
+        ``initial_arrays`` is ignored: the core model is built and trained at the server.
+        ``options`` are Flower's other ``start`` arguments, by keyword (``timeout`` is capped
+        at ``cd-round-timeout``). The nodes are asked for their partitions before Phase 0 and
+        answer while it runs.
         """
         if not self.cd.is_control:
             self.nodes.request(grid)
         self.phase0()
-        return super().start(
-            grid,
-            self._state(self.model),
-            num_rounds,
-            min(timeout, self.cd.round_timeout),
-            train_config,
-            evaluate_config,
-            evaluate_fn,
-        )
-
-
-def _check_state(
-    key: str, state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
-) -> None:
-    """Raise ValueError unless member ``key``'s state has the reference's names and shapes."""
-    if set(state) != set(reference):
-        wrong = sorted(set(state) ^ set(reference))[:5]
-        raise ValueError(f"member {key!r} has wrong keys, e.g. {wrong}")
-    for name, tensor in state.items():
-        if tensor.shape != reference[name].shape:
-            raise ValueError(
-                f"member {key!r} array {name!r} has shape "
-                f"{tuple(tensor.shape)}, expected {tuple(reference[name].shape)}"
-            )
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"member {key!r} array {name!r} has NaN/inf values")
+        timeout = min(options.pop("timeout", 3600), self.cd.round_timeout)
+        return super().start(grid, self._state(self.model), timeout=timeout, **options)
 
 
 @register_strategy("cloned-distillation", sections={"cd-": ClonedDistillationConfig})

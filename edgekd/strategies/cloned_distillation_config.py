@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgekd.config import check_at_least, check_choice, check_positive, parse_section
+from edgekd.config import Rules, check_fields, parse_section
 
 __all__ = [
     "CONTROL",
@@ -36,6 +36,17 @@ EDGE_ORDERS = ("round-robin", "permutation")
 DETECT_POLICIES = ("off", "flag", "downweight", "reject")
 ENSEMBLE_MODES = ("members", "average")
 CONTROL = "control"
+_RULES = Rules(
+    choices={
+        "edge_init": EDGE_INITS,
+        "edge_order": EDGE_ORDERS,
+        "ensemble_mode": ENSEMBLE_MODES,
+        "detect_policy": DETECT_POLICIES,
+    },
+    at_least={1: "ensemble_size memory_size", 0: "core_epochs distill_epochs distill_views"},
+    positive="core_lr distill_lr temperature round_timeout detect_threshold",
+    within={"detect_downweight": "[0, 1]"},
+)
 
 
 def parse_variant(variant: str) -> tuple[str, bool, bool]:
@@ -131,32 +142,7 @@ class ClonedDistillationConfig:
     def __post_init__(self) -> None:
         """Resolve ``variant`` against the explicit keys and validate every value."""
         self._apply_variant()
-        check_choice("cd-edge-init", self.edge_init, EDGE_INITS)
-        check_choice("cd-edge-order", self.edge_order, EDGE_ORDERS)
-        check_choice("cd-ensemble-mode", self.ensemble_mode, ENSEMBLE_MODES)
-        check_choice("cd-detect-policy", self.detect_policy, DETECT_POLICIES)
-        if not 0.0 <= self.detect_downweight <= 1.0:
-            raise ValueError(
-                f"cd-detect-downweight must be in [0, 1], got {self.detect_downweight}"
-            )
-        check_at_least(
-            [
-                ("cd-ensemble-size", self.ensemble_size, 1),
-                ("cd-memory-size", self.memory_size, 1),
-                ("cd-core-epochs", self.core_epochs, 0),
-                ("cd-distill-epochs", self.distill_epochs, 0),
-                ("cd-distill-views", self.distill_views, 0),
-            ]
-        )
-        check_positive(
-            [
-                ("cd-core-lr", self.core_lr),
-                ("cd-distill-lr", self.distill_lr),
-                ("cd-temperature", self.temperature),
-                ("cd-round-timeout", self.round_timeout),
-                ("cd-detect-threshold", self.detect_threshold),
-            ]
-        )
+        check_fields(self, "cd-", _RULES)
 
     def _apply_variant(self) -> None:
         if not self.variant:

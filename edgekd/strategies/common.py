@@ -18,17 +18,20 @@ from collections.abc import Mapping
 from logging import INFO, WARNING
 from typing import Any, ClassVar
 
+import torch
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from edgekd.protocol import METRICS, WHOAMI
+from edgekd.protocol import METRICS, WHOAMI, member_key
 
 __all__ = [
     "NodeMapper",
     "RoundReports",
+    "content_bytes",
     "error_reason",
     "instruction",
+    "reply_members",
     "scalar_metrics",
 ]
 
@@ -51,6 +54,59 @@ def error_reason(reply: Message, *, last_line: bool = False) -> str | None:
     lines = (reply.error.reason or "").strip().splitlines()
     line = (lines[-1] if last_line else lines[0]) if lines else ""
     return f"error reply (code {reply.error.code}): {line}"
+
+
+def reply_members(
+    reply: Message, ensemble_size: int, reference: Mapping[str, torch.Tensor]
+) -> list[dict[str, torch.Tensor]]:
+    """The ``ensemble-size`` model states of a train reply, checked against ``reference``.
+
+    Raises ``ValueError`` naming what is wrong: an error reply, no ``metrics``, another
+    ``ensemble-size``, a missing member (:func:`edgekd.protocol.member_key`), other array
+    names or shapes than ``reference``, or NaN/inf values.
+    """
+    if reply.has_error():
+        raise ValueError(
+            f"edge replied with error {reply.error.code}: "
+            f"{(reply.error.reason or '').splitlines()[:1]}"
+        )
+    content = reply.content
+    if METRICS not in content.metric_records:
+        raise ValueError("reply has no 'metrics' record")
+    raw_size = content[METRICS].get("ensemble-size", 1)
+    if not isinstance(raw_size, int | float) or raw_size != ensemble_size:
+        raise ValueError(f"reply has ensemble-size {raw_size!r}, expected {ensemble_size}")
+    states = []
+    for index in range(int(raw_size)):
+        key = member_key(index)
+        if key not in content.array_records:
+            raise ValueError(f"reply misses ensemble member {key!r}")
+        states.append(content.array_records[key].to_torch_state_dict())
+        _check_state(key, states[-1], reference)
+    return states
+
+
+def _check_state(
+    key: str, state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+) -> None:
+    if set(state) != set(reference):
+        wrong = sorted(set(state) ^ set(reference))[:5]
+        raise ValueError(f"member {key!r} has wrong keys, e.g. {wrong}")
+    for name, tensor in state.items():
+        if tensor.shape != reference[name].shape:
+            raise ValueError(
+                f"member {key!r} array {name!r} has shape "
+                f"{tuple(tensor.shape)}, expected {tuple(reference[name].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"member {key!r} array {name!r} has NaN/inf values")
+
+
+def content_bytes(message: Message) -> int:
+    """Payload bytes of a message: arrays, configs and metrics (0 for an error reply)."""
+    if not message.has_content():
+        return 0
+    return sum(record.count_bytes() for record in message.content.values())
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> MetricRecord:

@@ -21,56 +21,26 @@ private data. Weights never leave the clients. Methods (``fedmd-method``):
   the same transfer learning, then weights are averaged each round. Only this baseline sends
   weights.
 
-Message format
---------------
-All messages carry a ``config`` ConfigRecord with the setup keys ``server-round``,
-``client-models``, ``representation-dim``, ``public-source``, ``public-fraction``,
-``pretrain-public-epochs``, ``pretrain-private-epochs``, ``private-test-size``, ``seed`` and
-``shared-init`` (true only for FedAvg). A node pre-trains its model lazily on its first FedMD
-message and keeps it in ``context.state["fedmd-model"]``. Public data is never sent: it is
-identified by row indices into the public pool both sides derive from the run config (the
-stratified ``public-fraction`` core split of the training set for ``"split"``, or ``x_train``
-followed by ``x_test`` of the npz for ``"npz:<path>"``).
-
-``query.fedmd_scores``
-    in: ``fedmd-public`` ArrayRecord ``{"indices": int64 (N,)}``; config adds
-    ``with-representations`` (bool). out: ``fedmd-scores`` ArrayRecord
-    ``{"logits": float32 (N, C), "representations": float32 (N, r) if requested}`` and
-    ``metrics`` (``partition-id``, ``num-examples`` = private training size).
-``train.fedmd``
-    in: config adds ``digest-epochs``, ``digest-lr``, ``temperature``, ``logit-loss``,
-    ``latent-weight``, ``revisit-epochs``; optional ``fedmd-consensus`` ArrayRecord
-    ``{"indices", "logits" (N, C), "representations" (N, r) for LKD}`` (absent for CE: revisit
-    only); FedAvg only: ``arrays`` (the global model, from round 2). out: ``metrics``
-    (``partition-id``, ``num-examples``, ``digest-loss``, ``revisit-loss``); FedAvg only:
-    ``arrays``.
-``evaluate.fedmd``
-    in: the setup config (FedAvg: ``arrays``). out: ``metrics`` (``partition-id``,
-    ``uniform-acc``, ``uniform-loss`` on the whole test split, ``private-acc`` on a test set of
-    ``private-test-size`` drawn with the client's label distribution, ``num-examples`` = its
-    size, ``num-parameters``).
-
-A scores reply with an error, a wrong shape (classes or samples) or NaN/inf values is left out
-of the consensus with a logged reason; the round goes on with the others.
+The message format (three custom actions, public data as row indices, the consensus) and
+the setup rules both sides share (public pool, private partitions) are in
+:mod:`edgekd.protocol.fedmd`. A scores reply with an error, a wrong shape or NaN/inf values is
+left out of the consensus with a logged reason; the round goes on with the others.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields, replace
 from logging import INFO, WARNING
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -78,19 +48,25 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from edgekd.config import (
-    ExperimentConfig,
-    check_at_least,
-    check_choice,
-    check_positive,
-    parse_section,
-)
-from edgekd.datasets import load_dataset
+from edgekd.config import ExperimentConfig
 from edgekd.experiment import experiment_split, load_bundle
-from edgekd.losses import consensus_logits
-from edgekd.models import build_model, count_parameters, list_models
+from edgekd.models import build_model, count_parameters
 from edgekd.protocol import ARRAYS, CONFIG, METRICS
-from edgekd.strategies.common import NodeMapper, RoundReports, error_reason
+from edgekd.protocol.fedmd import (
+    CONSENSUS,
+    MSG_EVALUATE,
+    MSG_SCORES,
+    MSG_TRAIN,
+    PUBLIC,
+    SCORES,
+    WITH_REPRESENTATIONS,
+    DigestSettings,
+    FedMDSetup,
+    public_pool_size,
+)
+from edgekd.strategies.common import NodeMapper, RoundReports, content_bytes, error_reason
+from edgekd.strategies.fedmd_config import LOGIT_LOSSES, METHODS, WEIGHTINGS, FedMDConfig
+from edgekd.strategies.fedmd_consensus import ClientScores, check_scores, consensus
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = [
@@ -111,237 +87,11 @@ __all__ = [
     "content_bytes",
 ]
 
-METHODS = ("CE", "KD", "LKD", "FedAvg")
-LOGIT_LOSSES = ("kl", "mse", "mae")
-WEIGHTINGS = ("uniform", "num-examples")
-MSG_SCORES = f"{MessageType.QUERY}.fedmd_scores"
-MSG_TRAIN = f"{MessageType.TRAIN}.fedmd"
-MSG_EVALUATE = f"{MessageType.EVALUATE}.fedmd"
-PUBLIC = "fedmd-public"
-CONSENSUS = "fedmd-consensus"
-SCORES = "fedmd-scores"
 
-
-@dataclass(frozen=True)
-class FedMDConfig:
-    """The ``fedmd-*`` keys of the run config (``fedmd-<field name in kebab-case>``).
-
-    Attributes
-    ----------
-    method : {"CE", "KD", "LKD", "FedAvg"}
-        What the clients share, see the module docstring. Default ``"LKD"``.
-    client_models : str
-        Comma-separated model names, assigned round-robin by partition id. Default
-        ``"cnn,resnet8,vgg8"``.
-    representation_dim : int
-        r, the size of the representation layer before every output layer. Default 64.
-    public_source : str
-        ``"split"`` (a stratified ``public_fraction`` of the training set, taken out of the
-        private partitions) or ``"npz:<path>"`` (another data set of the same image shape, e.g.
-        ``npz:../shared/data/cifar100_head.npz``). Default ``"split"``.
-    public_fraction : float
-        Public share in ``"split"`` mode. Default 0.1.
-    alignment_size : int
-        Public images in each round's alignment subset (seeded by ``seed`` and round).
-        Default 256.
-    pretrain_public_epochs, pretrain_private_epochs : int
-        Transfer learning before the first round (defaults 1 and 2).
-    digest_epochs : int
-        Epochs over the alignment subset towards the consensus per round. Default 1.
-    digest_lr : float
-        SGD learning rate of the digest (momentum and weight decay from the run config).
-        Default 0.01.
-    revisit_epochs : int
-        Epochs on the private data per round (``lr``, ``lr-schedule`` of the run config).
-        Default 1.
-    temperature : float
-        Temperature of the ``"kl"`` logit loss. Default 2.0.
-    logit_loss : {"kl", "mse", "mae"}
-        Loss between a client's logits and the consensus logits. Default ``"kl"``.
-    latent_weight : float
-        Weight of the representation MSE (LKD only). Default 1.0.
-    private_test_size : int
-        Size of each client's private test set, drawn from the test split with the client's
-        label distribution. Default 200.
-    consensus_weighting : {"uniform", "num-examples"}
-        Plain mean, or weights proportional to the clients' private data sizes.
-    """
-
-    method: str = "LKD"
-    client_models: str = "cnn,resnet8,vgg8"
-    representation_dim: int = 64
-    public_source: str = "split"
-    public_fraction: float = 0.1
-    alignment_size: int = 256
-    pretrain_public_epochs: int = 1
-    pretrain_private_epochs: int = 2
-    digest_epochs: int = 1
-    digest_lr: float = 0.01
-    revisit_epochs: int = 1
-    temperature: float = 2.0
-    logit_loss: str = "kl"
-    latent_weight: float = 1.0
-    private_test_size: int = 200
-    consensus_weighting: str = "uniform"
-
-    def __post_init__(self) -> None:
-        """Validate every value, naming the bad key."""
-        check_choice("fedmd-method", self.method, METHODS)
-        check_choice("fedmd-logit-loss", self.logit_loss, LOGIT_LOSSES)
-        check_choice("fedmd-consensus-weighting", self.consensus_weighting, WEIGHTINGS)
-        unknown = [m for m in self.models if m not in list_models()]
-        if not self.models or unknown:
-            raise ValueError(
-                f"fedmd-client-models has unknown or no model names {unknown or ''} in "
-                f"{self.client_models!r}; valid names: {', '.join(list_models())}"
-            )
-        if self.method == "FedAvg" and len(set(self.models)) != 1:
-            raise ValueError(
-                "fedmd-method 'FedAvg' needs one architecture for every client, got "
-                f"fedmd-client-models={self.client_models!r}"
-            )
-        if self.public_source != "split" and not self.public_source.startswith("npz:"):
-            raise ValueError(
-                f"fedmd-public-source must be 'split' or 'npz:<path>', got {self.public_source!r}"
-            )
-        if self.public_source == "split" and not 0.0 < self.public_fraction < 1.0:
-            raise ValueError(f"fedmd-public-fraction must be in (0, 1), got {self.public_fraction}")
-        check_at_least(
-            [
-                ("fedmd-representation-dim", self.representation_dim, 1),
-                ("fedmd-alignment-size", self.alignment_size, 1),
-                ("fedmd-pretrain-public-epochs", self.pretrain_public_epochs, 0),
-                ("fedmd-pretrain-private-epochs", self.pretrain_private_epochs, 0),
-                ("fedmd-digest-epochs", self.digest_epochs, 0),
-                ("fedmd-revisit-epochs", self.revisit_epochs, 0),
-                ("fedmd-private-test-size", self.private_test_size, 1),
-            ]
-        )
-        check_positive(
-            [("fedmd-digest-lr", self.digest_lr), ("fedmd-temperature", self.temperature)]
-        )
-        if not self.latent_weight >= 0:
-            raise ValueError(f"fedmd-latent-weight must be >= 0, got {self.latent_weight}")
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> FedMDConfig:
-        """Parse the ``fedmd-*`` keys; absent keys take the defaults."""
-        return parse_section(cls, run_config, "fedmd-")
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        """The model names of ``client_models``."""
-        return tuple(m.strip() for m in self.client_models.split(",") if m.strip())
-
-    def model_name(self, partition_id: int) -> str:
-        """The architecture of partition ``partition_id`` (round-robin)."""
-        return self.models[partition_id % len(self.models)]
-
-    @property
-    def shares_scores(self) -> bool:
-        """KD and LKD query scores and send a consensus."""
-        return self.method in {"KD", "LKD"}
-
-    def private_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
-        """The experiment config whose partitions are the private data (see ``split``)."""
-        if self.public_source == "split":
-            return cfg.replace(core_fraction=self.public_fraction)
-        return cfg
-
-
-@dataclass(frozen=True)
-class ClientScores:
-    """One client's validated reply to ``query.fedmd_scores``."""
-
-    partition_id: int
-    logits: np.ndarray
-    representations: np.ndarray | None
-    num_examples: int
-
-
-def consensus(scores: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
-    """The FedMD consensus: the (weighted) mean over clients of their score arrays.
-
-    Parameters
-    ----------
-    scores : Sequence[np.ndarray]
-        ``K >= 1`` arrays of the same shape, e.g. ``(N, C)`` logits or ``(N, r)``
-        representations.
-    weights : Sequence[float], optional
-        Non-negative client weights (normalised to sum to 1); None is the plain mean.
-
-    Returns
-    -------
-    np.ndarray
-        ``float32`` array of the common shape.
-    """
-    stacked = torch.from_numpy(np.stack([np.asarray(s, dtype=np.float32) for s in scores]))
-    flat = stacked.reshape(stacked.shape[0], stacked.shape[1], -1)
-    mean = consensus_logits(flat, weights)
-    return mean.reshape(stacked.shape[1:]).numpy()
-
-
-def _array(record: ArrayRecord, key: str) -> np.ndarray:
-    if key not in record:
-        raise ValueError(f"reply has no {key!r} array")
-    return record[key].numpy()
-
-
-def check_scores(
-    reply: Message,
-    partition_id: int,
-    num_samples: int,
-    num_classes: int,
-    representation_dim: int | None,
-) -> ClientScores:
-    """Validate a scores reply; raise ``ValueError`` saying why it must be left out.
-
-    Parameters
-    ----------
-    reply : Message
-        The reply to ``query.fedmd_scores``.
-    partition_id : int
-        The sender's partition.
-    num_samples, num_classes : int
-        The expected logits shape ``(N, C)``.
-    representation_dim : int or None
-        The expected representation width r, or None when representations are not needed.
-    """
-    reason = error_reason(reply)
-    if reason is not None:
-        raise ValueError(reason)
-    content = reply.content
-    if SCORES not in content.array_records:
-        raise ValueError(f"reply has no {SCORES!r} record")
-    record = content.array_records[SCORES]
-    logits = _array(record, "logits")
-    if logits.shape != (num_samples, num_classes):
-        raise ValueError(
-            f"logits have shape {logits.shape}, expected ({num_samples}, {num_classes})"
-        )
-    if not np.isfinite(logits).all():
-        raise ValueError("logits contain NaN or inf values")
-    representations = None
-    if representation_dim is not None:
-        representations = _array(record, "representations")
-        if representations.shape != (num_samples, representation_dim):
-            raise ValueError(
-                f"representations have shape {representations.shape}, expected "
-                f"({num_samples}, {representation_dim})"
-            )
-        if not np.isfinite(representations).all():
-            raise ValueError("representations contain NaN or inf values")
-    num_examples = 0
-    if METRICS in content.metric_records:
-        num_examples = int(content.metric_records[METRICS].get("num-examples", 0))
-    return ClientScores(partition_id, logits, representations, num_examples)
-
-
-def content_bytes(message: Message) -> int:
-    """Payload bytes of a message: arrays, configs and metrics (0 for an error reply)."""
-    if not message.has_content():
-        return 0
-    return sum(record.count_bytes() for record in message.content.values())
+def _shared_fields(source: FedMDConfig, target: type, skip: str = "") -> dict[str, Any]:
+    """The values of ``source``'s fields that dataclass ``target`` has under the same name."""
+    names = {f.name for f in fields(target)} - {skip}
+    return {f.name: getattr(source, f.name) for f in fields(source) if f.name in names}
 
 
 def _average_arrays(records: Sequence[ArrayRecord], weights: Sequence[float]) -> ArrayRecord:
@@ -390,7 +140,7 @@ class FedMD(RoundReports, Strategy):
         self.fedmd = fedmd
         bundle = load_bundle(config)
         self.num_classes = bundle.num_classes
-        self.pool_size = self._public_pool_size()
+        self.pool_size = public_pool_size(config, fedmd.public_source, fedmd.public_fraction)
         if fedmd.alignment_size > self.pool_size:
             raise ValueError(
                 f"fedmd-alignment-size ({fedmd.alignment_size}) exceeds the public pool "
@@ -416,16 +166,6 @@ class FedMD(RoundReports, Strategy):
         self._bytes = {"sent": 0, "received": 0}
 
     # ------------------------------------------------------------------ helpers
-    def _public_pool_size(self) -> int:
-        source = self.fedmd.public_source
-        if source == "split":
-            return len(experiment_split(self.fedmd.private_config(self.config)).core)
-        path = Path(source.removeprefix("npz:")).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"fedmd-public-source {source!r}: file {path} not found")
-        aux = load_dataset("npz", npz_path=path)
-        return len(aux.y_train) + len(aux.y_test)
-
     def summary(self) -> None:
         """Log the configuration."""
         fm = self.fedmd
@@ -486,20 +226,14 @@ class FedMD(RoundReports, Strategy):
     def message_config(self, server_round: int, **extra: Any) -> ConfigRecord:
         """The setup keys every FedMD message carries, plus ``extra``."""
         fm = self.fedmd
-        values: dict[str, Any] = {
-            "server-round": server_round,
-            "client-models": fm.client_models,
-            "representation-dim": fm.representation_dim,
-            "public-source": fm.public_source,
-            "public-fraction": fm.public_fraction,
-            "pretrain-public-epochs": fm.pretrain_public_epochs,
-            "pretrain-private-epochs": fm.pretrain_private_epochs,
-            "private-test-size": fm.private_test_size,
-            "seed": self.config.seed,
-            "shared-init": fm.method == "FedAvg",
-        }
-        values.update(extra)
-        return ConfigRecord(values)
+        setup = FedMDSetup(
+            server_round=server_round,
+            client_models=fm.models,
+            seed=self.config.seed,
+            shared_init=fm.method == "FedAvg",
+            **_shared_fields(fm, FedMDSetup, skip="client_models"),
+        )
+        return setup.to_config(**extra)
 
     def _messages(
         self, grid: Grid, server_round: int, message_type: str, content: RecordDict
@@ -541,7 +275,7 @@ class FedMD(RoundReports, Strategy):
             {
                 PUBLIC: ArrayRecord({"indices": Array(indices)}),
                 CONFIG: self.message_config(
-                    server_round, **{"with-representations": self.fedmd.method == "LKD"}
+                    server_round, **{WITH_REPRESENTATIONS: self.fedmd.method == "LKD"}
                 ),
             }
         )
@@ -599,17 +333,10 @@ class FedMD(RoundReports, Strategy):
     ) -> Iterable[Message]:
         """``train.fedmd`` to every client: the consensus (if any) to digest, then revisit."""
         fm = self.fedmd
-        train_config = self.message_config(
-            server_round,
-            **{
-                "digest-epochs": fm.digest_epochs,
-                "digest-lr": fm.digest_lr,
-                "temperature": fm.temperature,
-                "logit-loss": fm.logit_loss,
-                "latent-weight": fm.latent_weight if fm.method == "LKD" else 0.0,
-                "revisit-epochs": fm.revisit_epochs,
-            },
-        )
+        digest = DigestSettings(**_shared_fields(fm, DigestSettings))
+        if fm.method != "LKD":
+            digest = replace(digest, latent_weight=0.0)
+        train_config = self.message_config(server_round, **digest.to_config())
         content = RecordDict({CONFIG: train_config})
         if self._consensus is not None:
             content[CONSENSUS] = self._consensus
@@ -697,24 +424,18 @@ class FedMD(RoundReports, Strategy):
         messages = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         return self.aggregate_evaluate(server_round, self._exchange(grid, messages, timeout))
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Any = None,
-    ) -> Result:
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:
         """Transfer learning (round 0), then per round: scores, consensus, digest, revisit.
 
-        ``initial_arrays``, ``train_config`` and ``evaluate_config`` are ignored: the clients
-        own their models and schedules come from the run config. ``evaluate_fn`` is called at
-        the end of every round (round 0 included) with the global arrays (empty but for the
-        FedAvg baseline): it is the server's per-round hook (there is no central evaluation,
-        see ``central_evaluation``).
+        ``initial_arrays`` is ignored: the clients own their models, and their schedules come
+        from the run config. Of Flower's other ``start`` arguments (``options``, by keyword)
+        ``num_rounds``, ``timeout`` (per exchange) and ``evaluate_fn`` are used; the latter is
+        called at the end of every round (round 0 included) with the global arrays (empty but
+        for the FedAvg baseline): the server's per-round hook (there is no central
+        evaluation, see ``central_evaluation``).
         """
+        num_rounds, timeout = options.get("num_rounds", 3), options.get("timeout", 3600)
+        evaluate_fn = options.get("evaluate_fn")
         started = time.monotonic()
         log(INFO, "fedmd: starting %s rounds of %s", num_rounds, self.fedmd.method)
         self.summary()
