@@ -157,8 +157,12 @@ def test_crashed_client_process_leaves_core_untouched(tiny_npz: Path, tmp_path: 
     assert "ActorDiedError" in rows[2]["edge-status"]
     assert rows[2]["test-loss"] == rows[1]["test-loss"]
     # Flower's engine does not replace a dead actor: a later message that Ray hands to it
-    # fails the same way (and must leave the core alone too); one on the other actor is ok.
-    if rows[3]["edge-status"] != "ok":
+    # fails the same way and must leave the core alone; one on the other actor is distilled.
+    # Which actor Ray picks is not ours to decide, so each outcome is checked in full.
+    if rows[3]["edge-status"] == "ok":
+        assert rows[3]["num-teachers"] >= 1
+        assert rows[3]["core-acc-after"] == pytest.approx(rows[3]["test-acc"])
+    else:
         assert rows[3]["edge-status"].startswith("rejected: edge replied with error 0")
         assert rows[3]["test-loss"] == rows[2]["test-loss"]
     assert all(math.isfinite(rows[r]["test-acc"]) for r in rows)

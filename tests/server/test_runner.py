@@ -1,0 +1,98 @@
+"""The server is the only writer of a run's results (edgekd.runner)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from edgekd.clients.app import app as client_app
+from edgekd.inprocess import InProcessGrid
+from edgekd.runner import run_experiment
+from edgekd.strategies import StrategyContext, register_strategy
+from edgekd.strategies.common import RoundReports
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ReportingFedAvg(RoundReports, FedAvg):
+    """FedAvg that reports per-round details (strings, lists) and one extra JSON file."""
+
+    accuracy_keys = ("test-acc", "fake-acc")
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg's aggregate plus a report of who answered."""
+        replies = list(replies)
+        self.report(
+            server_round,
+            {"answered": len(replies), "status": f"round {server_round}", "ids": [1, 2]},
+        )
+        self.report(server_round, {"fake-acc": 0.5})
+        return super().aggregate_train(server_round, replies)
+
+    def run_files(self) -> Mapping[str, Any]:
+        """One extra file listing the reported rounds."""
+        return {"extra.json": {"rounds": sorted(self.__dict__.get("_round_reports", {}))}}
+
+
+@register_strategy("reporting-fedavg-test")
+def _build(context: StrategyContext) -> ReportingFedAvg:
+    return ReportingFedAvg(fraction_evaluate=0.0, min_available_nodes=2)
+
+
+def test_round_report_lands_in_metrics_next_to_the_central_evaluation(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    """What a strategy reports for a round is recorded by the server in that round's row.
+
+    Prepare: a FedAvg that reports an int, a string, a list and a fake accuracy each round,
+    an extra JSON file, and its accuracy keys; 3 in-process nodes, 2 rounds.
+    Execute: run_experiment.
+    Assert: rows 1 and 2 hold the report before the server's test-acc, in that order;
+    metrics.csv has the scalar report columns; extra.json was written by the server;
+    the strategy's round-1 numbers are not copied again as train/ columns.
+    """
+    run_config = {
+        "strategy": "reporting-fedavg-test",
+        "dataset": "npz",
+        "npz-path": str(tiny_npz),
+        "num-partitions": 3,
+        "num-server-rounds": 2,
+        "batch-size": 16,
+        "output-dir": str(tmp_path),
+    }
+    out = tmp_path / "run"
+    run_experiment(InProcessGrid(client_app, run_config, num_nodes=3), run_config, out)
+    rows = {row["round"]: row for row in json.loads((out / "metrics.json").read_text())}
+    assert list(rows[0]) == ["round", "test-loss", "test-acc", "elapsed-s"]
+    for server_round in (1, 2):
+        row = rows[server_round]
+        keys = list(row)
+        assert keys[1:5] == ["answered", "status", "ids", "fake-acc"]
+        assert keys.index("fake-acc") < keys.index("test-acc")
+        assert (row["answered"], row["status"], row["ids"]) == (3, f"round {server_round}", [1, 2])
+        assert "train/answered" not in row
+        assert "train/train-loss" in row  # what Flower's FedAvg returns is recorded once
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"answered", "status", "fake-acc"} <= set(header) and "ids" not in header
+    assert json.loads((out / "extra.json").read_text()) == {"rounds": [1, 2]}
+    assert (out / "accuracy.png").stat().st_size > 0
+
+
+def test_strategies_never_import_the_recorder() -> None:
+    """No strategy module imports edgekd.results (the server alone writes results)."""
+    for path in (ROOT / "edgekd" / "strategies").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module is not None
+        }
+        assert "edgekd.results" not in imported, path.name
