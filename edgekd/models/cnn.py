@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, check_positive_int, init_weights
-from edgekd.models.registry import register_model
+from edgekd.models.registry import register_variant
 
 __all__ = ["SmallCNN", "cnn"]
 
@@ -60,9 +60,4 @@ class SmallCNN(EdgeKDModel):
         super().__init__(backbone, w3, num_classes, representation_dim)
 
 
-@register_model("cnn")
-def cnn(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> SmallCNN:
-    """Build the small CNN (32/64/128 filters, ~94k parameters)."""
-    return SmallCNN(num_classes, in_channels, representation_dim=representation_dim)
+cnn = register_variant("cnn", SmallCNN, doc="The small CNN (32/64/128 filters, ~94k parameters).")

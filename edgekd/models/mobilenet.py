@@ -17,7 +17,7 @@ from typing import Final
 from torch import Tensor, nn
 
 from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
-from edgekd.models.registry import register_model
+from edgekd.models.registry import register_variant
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenetv2"]
 
@@ -128,9 +128,9 @@ class MobileNetV2(EdgeKDModel):
         self.width_mult: float = float(width_mult)
 
 
-@register_model("mobilenetv2")
-def mobilenetv2(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> MobileNetV2:
-    """Build the CIFAR MobileNetV2 at width multiplier 0.5 (~0.59M parameters)."""
-    return MobileNetV2(num_classes, in_channels, 0.5, representation_dim=representation_dim)
+mobilenetv2 = register_variant(
+    "mobilenetv2",
+    MobileNetV2,
+    width_mult=0.5,
+    doc="The CIFAR MobileNetV2 at width multiplier 0.5 (~0.59M parameters).",
+)

@@ -8,14 +8,20 @@ clients with plain strings.
 from __future__ import annotations
 
 from collections.abc import Callable
-from numbers import Integral
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
-from edgekd.models.base import EdgeKDModel
+from edgekd.models.base import EdgeKDModel, check_positive_int
 
-__all__ = ["ModelBuilder", "build_model", "count_parameters", "list_models", "register_model"]
+__all__ = [
+    "ModelBuilder",
+    "build_model",
+    "count_parameters",
+    "list_models",
+    "register_model",
+    "register_variant",
+]
 
 
 class ModelBuilder(Protocol):
@@ -72,10 +78,29 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def register_variant(
+    name: str,
+    model_class: Callable[..., EdgeKDModel],
+    *args: Any,
+    doc: str,
+    **kwargs: Any,
+) -> ModelBuilder:
+    """Register the builder ``model_class(*args, num_classes, in_channels, **kwargs)`` as ``name``.
+
+    For architectures whose named variants differ only in constructor arguments (depth,
+    widening, layer configuration); returns the builder, named ``name`` with docstring ``doc``.
+    """
+
+    def builder(
+        num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
+    ) -> EdgeKDModel:
+        return model_class(
+            *args, num_classes, in_channels, representation_dim=representation_dim, **kwargs
+        )
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return register_model(name)(builder)
 
 
 def build_model(
@@ -114,10 +139,10 @@ def build_model(
         raise ValueError(
             f"unknown model name {name!r}; valid names are: {', '.join(list_models())}"
         )
-    num_classes = _check_int("num_classes", num_classes, 2)
-    in_channels = _check_int("in_channels", in_channels, 1)
+    num_classes = check_positive_int("num_classes", num_classes, 2)
+    in_channels = check_positive_int("in_channels", in_channels, 1)
     if representation_dim is not None:
-        representation_dim = _check_int("representation_dim", representation_dim, 1)
+        representation_dim = check_positive_int("representation_dim", representation_dim, 1)
     return _REGISTRY[name](num_classes, in_channels, representation_dim=representation_dim)
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
-from edgekd.models.registry import register_model
+from edgekd.models.registry import register_variant
 
 __all__ = [
     "BasicBlock",
@@ -133,41 +133,10 @@ class CifarResNet(EdgeKDModel):
         self.depth: int = depth
 
 
-@register_model("resnet8")
-def resnet8(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> CifarResNet:
-    """Build a CIFAR ResNet-8 (n = 1, ~0.08M parameters)."""
-    return CifarResNet(8, num_classes, in_channels, representation_dim=representation_dim)
-
-
-@register_model("resnet20")
-def resnet20(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> CifarResNet:
-    """Build a CIFAR ResNet-20 (n = 3, ~0.27M parameters)."""
-    return CifarResNet(20, num_classes, in_channels, representation_dim=representation_dim)
-
-
-@register_model("resnet32")
-def resnet32(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> CifarResNet:
-    """Build a CIFAR ResNet-32 (n = 5, ~0.46M parameters)."""
-    return CifarResNet(32, num_classes, in_channels, representation_dim=representation_dim)
-
-
-@register_model("resnet56")
-def resnet56(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> CifarResNet:
-    """Build a CIFAR ResNet-56 (n = 9, ~0.85M parameters)."""
-    return CifarResNet(56, num_classes, in_channels, representation_dim=representation_dim)
-
-
-@register_model("resnet110")
-def resnet110(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> CifarResNet:
-    """Build a CIFAR ResNet-110 (n = 18, ~1.7M parameters)."""
-    return CifarResNet(110, num_classes, in_channels, representation_dim=representation_dim)
+resnet8 = register_variant("resnet8", CifarResNet, 8, doc="CIFAR ResNet-8 (~0.08M parameters).")
+resnet20 = register_variant("resnet20", CifarResNet, 20, doc="CIFAR ResNet-20 (~0.27M parameters).")
+resnet32 = register_variant("resnet32", CifarResNet, 32, doc="CIFAR ResNet-32 (~0.46M parameters).")
+resnet56 = register_variant("resnet56", CifarResNet, 56, doc="CIFAR ResNet-56 (~0.85M parameters).")
+resnet110 = register_variant(
+    "resnet110", CifarResNet, 110, doc="CIFAR ResNet-110 (~1.7M parameters)."
+)

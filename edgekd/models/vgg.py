@@ -19,7 +19,7 @@ from typing import Final
 from torch import nn
 
 from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, check_positive_int, init_weights
-from edgekd.models.registry import register_model
+from edgekd.models.registry import register_variant
 
 __all__ = ["VGG_CONFIGS", "VGGNet", "vgg8", "vgg11"]
 
@@ -72,21 +72,12 @@ class VGGNet(EdgeKDModel):
         super().__init__(backbone, channels, num_classes, representation_dim)
 
 
-@register_model("vgg8")
-def vgg8(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> VGGNet:
-    """Build the narrow VGG-8 (7 conv layers, 16-128 filters, ~0.43M parameters)."""
-    return VGGNet(
-        VGG_CONFIGS["vgg8"], num_classes, in_channels, representation_dim=representation_dim
-    )
-
-
-@register_model("vgg11")
-def vgg11(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> VGGNet:
-    """Build the narrow VGG-11 (8 conv layers, 16-128 filters, ~0.58M parameters)."""
-    return VGGNet(
-        VGG_CONFIGS["vgg11"], num_classes, in_channels, representation_dim=representation_dim
-    )
+vgg8 = register_variant(
+    "vgg8", VGGNet, VGG_CONFIGS["vgg8"], doc="Narrow VGG-8 (7 conv layers, ~0.43M parameters)."
+)
+vgg11 = register_variant(
+    "vgg11",
+    VGGNet,
+    VGG_CONFIGS["vgg11"],
+    doc="Narrow VGG-11 (8 conv layers, ~0.58M parameters).",
+)

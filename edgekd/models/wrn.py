@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
-from edgekd.models.registry import register_model
+from edgekd.models.registry import register_variant
 
 __all__ = ["WideBasicBlock", "WideResNet", "wrn16_1", "wrn16_2"]
 
@@ -127,17 +127,5 @@ class WideResNet(EdgeKDModel):
         self.widen: int = widen
 
 
-@register_model("wrn16_1")
-def wrn16_1(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> WideResNet:
-    """Build WRN-16-1 (~0.18M parameters)."""
-    return WideResNet(16, 1, num_classes, in_channels, representation_dim=representation_dim)
-
-
-@register_model("wrn16_2")
-def wrn16_2(
-    num_classes: int, in_channels: int = 3, *, representation_dim: int | None = None
-) -> WideResNet:
-    """Build WRN-16-2 (~0.69M parameters)."""
-    return WideResNet(16, 2, num_classes, in_channels, representation_dim=representation_dim)
+wrn16_1 = register_variant("wrn16_1", WideResNet, 16, 1, doc="WRN-16-1 (~0.18M parameters).")
+wrn16_2 = register_variant("wrn16_2", WideResNet, 16, 2, doc="WRN-16-2 (~0.69M parameters).")
