@@ -1,9 +1,10 @@
 """Per-round metrics written as CSV and JSON, plus an accuracy-per-round plot.
 
-:class:`RunRecorder` is handed to strategies (through their build context) and to the server's
-central evaluation, so every number of a run lands in one ``metrics.csv`` / ``metrics.json``
-pair in the run's output directory. Files are rewritten after every round, so an interrupted
-run keeps what it measured.
+:class:`RunRecorder` is held by the server alone (:mod:`edgekd.runner`): it records each round's
+strategy report (``round_report``) next to the central evaluation, so every number of a run
+lands in one ``metrics.csv`` / ``metrics.json`` pair in the run's output directory. Strategies
+never see it. Files are rewritten after every round, so an interrupted run keeps what it
+measured.
 """
 
 from __future__ import annotations

@@ -167,3 +167,25 @@ def test_this_repo_fab_has_no_tests_benchmarks_or_results(tmp_path: Path) -> Non
     outside = {m for m in members if not m.startswith(("edgekd/", "examples/"))}
     assert outside == {"pyproject.toml", "README.md"}
     assert {"edgekd/server/app.py", "edgekd/clients/app.py"} <= members
+
+
+@pytest.mark.parametrize("module", ["edgekd.launch", "edgekd.deploy"])
+def test_unknown_key_is_one_line_before_anything_starts(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The launcher and the deployment command refuse an unknown key in one line, exit 2.
+
+    Prepare: this app and a misspelt key.
+    Execute: the module's main (no SuperLink is started: the check comes first).
+    Assert: exit status 2 and one stderr line naming the key.
+    """
+    import importlib
+
+    main = importlib.import_module(
+        module if module == "edgekd.launch" else "edgekd.deploy.__main__"
+    ).main
+    argv = [str(ROOT), "--run-config", "cd-varient='CPP'"]
+    code = main(argv if module == "edgekd.launch" else ["run", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "'cd-varient'" in err

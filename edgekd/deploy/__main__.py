@@ -43,7 +43,7 @@ from edgekd.deploy.certs import (
     generate_node_key,
 )
 from edgekd.deploy.local import CONNECTION, DeploymentError, LocalDeployment, RunResult
-from edgekd.launch import add_app_arguments, effective_run_config
+from edgekd.launch import LaunchError, add_app_arguments, effective_run_config
 
 
 def _credentials(
@@ -246,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.set_defaults(func=cmd_up)
 
     args = parser.parse_args(argv)
+    if args.command == "run":
+        try:
+            effective_run_config(Path(args.app).resolve(), args.run_config)
+        except (ValueError, LaunchError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     return int(args.func(args))
 

@@ -23,7 +23,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -54,31 +53,12 @@ from edgekd.strategies.common import (
 )
 from edgekd.strategies.core_model import train_on_core
 from edgekd.strategies.registry import StrategyContext, register_strategy
+from edgekd.strategies.teacher_memory import EdgeTeacher, TeacherMemory, TeacherOutputs
 from edgekd.training import TrainResult, evaluate, predict_logits
 
 __all__ = ["ClonedDistillation", "ClonedDistillationConfig", "EdgeTeacher", "parse_variant"]
 
 NAME = "cloned-distillation"
-
-
-@dataclass
-class EdgeTeacher:
-    """What the core keeps of one returned edge: its logits on the pool, not its weights."""
-
-    server_round: int
-    partition_id: int
-    pool_logits: torch.Tensor  # (teachers_per_edge, V*n, C)
-    test_accuracies: list[float]
-    weight: float = 1.0
-    staleness: int = 0
-
-
-@dataclass
-class _Outputs:
-    """A returned edge's teachers evaluated once: test logits and pool logits."""
-
-    test_logits: torch.Tensor  # (teachers, n_test, C)
-    pool_logits: torch.Tensor  # (teachers, V*n, C)
 
 
 class ClonedDistillation(RoundReports, Strategy):
@@ -113,13 +93,17 @@ class ClonedDistillation(RoundReports, Strategy):
         self.test: TensorData = test_data(config)
         self.model: EdgeKDModel = build_experiment_model(config, seed=config.seed)
         self.independent: EdgeKDModel | None = None
-        self.memory: deque[EdgeTeacher] = deque(maxlen=cd_config.memory_size)
-        self.accepted_scores: list[float] = []
+        self.teachers = TeacherMemory(cd_config, self.core, self.test)
         self.nodes = NodeMapper(config.num_partitions, NAME)
         self.pool: DistillPool | None = None
         self._flip = self.test.x.shape[-1] >= 16
         self._current_edge: int | None = None
         self._current_round_sent: float = 0.0
+
+    @property
+    def memory(self) -> deque[EdgeTeacher]:
+        """The remembered edges, oldest first (at most ``cd-memory-size``)."""
+        return self.teachers.entries
 
     @property
     def node_of_partition(self) -> dict[int, int]:
@@ -323,19 +307,6 @@ class ClonedDistillation(RoundReports, Strategy):
         )
 
     # ------------------------------------------------------------------ Phase 2, step by step
-    def detect(self, teachers: list[EdgeKDModel]) -> tuple[float, float, bool]:
-        """Score a returned edge on the core data: (score, reference, suspect).
-
-        The score is the accuracy of the edge's mean prediction on the server's core data.
-        """
-        logits = torch.stack([predict_logits(t, self.core.x) for t in teachers]).mean(0)
-        score = float((logits.argmax(1) == self.core.y).float().mean())
-        if self.accepted_scores:
-            reference = float(np.median(self.accepted_scores))
-        else:
-            reference = evaluate(self.model, self.core.x, self.core.y).accuracy
-        return score, reference, score < self.cd.detect_threshold * reference
-
     def _distill_round(
         self,
         server_round: int,
@@ -348,68 +319,23 @@ class ClonedDistillation(RoundReports, Strategy):
         """Phase 2 for one returned edge: detect, remember, distil, report (its metrics)."""
         assert self.pool is not None, "phase0() must run before the first round"
         metrics: dict[str, Any] = {"staleness": staleness, "teacher-weight": weight}
-        outputs = _Outputs(
+        outputs = TeacherOutputs(
             torch.stack([predict_logits(t, self.test.x) for t in teachers]),
             pool_logits(teachers, self.pool),
         )
-        if not all(torch.isfinite(x).all() for x in (outputs.test_logits, outputs.pool_logits)):
+        if not outputs.finite:
             log(WARNING, "%s: round %s edge %s: non-finite outputs", NAME, server_round, edge)
             metrics["edge-status"] = "rejected: non-finite teacher outputs"
             return metrics
         if self.cd.detect_policy != "off":
-            metrics.update(self._detect_step(server_round, edge, teachers))
+            metrics.update(self.teachers.screen(server_round, edge, self.model, teachers))
             if metrics.get("edge-status") == "rejected: suspect":
                 return metrics
             weight *= metrics.pop("weight-factor", 1.0)
             metrics["teacher-weight"] = weight
-        teacher_accs = self._remember(server_round, edge, outputs, weight, staleness)
+        teacher_accs = self.teachers.remember(server_round, edge, outputs, weight, staleness)
         metrics.update(self._distil(server_round, edge, outputs.test_logits, teacher_accs))
         return metrics
-
-    def _detect_step(
-        self, server_round: int, edge: int, teachers: list[EdgeKDModel]
-    ) -> dict[str, Any]:
-        """Detect: score the edge; a suspect is flagged, down-weighted or rejected."""
-        score, reference, suspect = self.detect(teachers)
-        found: dict[str, Any] = {
-            "detect-score": score,
-            "detect-reference": reference,
-            "suspect": int(suspect),
-        }
-        if not suspect:
-            self.accepted_scores.append(score)
-            return found
-        log(
-            WARNING,
-            "%s: round %s edge %s is suspect: core-data acc %.4f < %.2f x reference %.4f "
-            "(policy %s)",
-            NAME,
-            server_round,
-            edge,
-            score,
-            self.cd.detect_threshold,
-            reference,
-            self.cd.detect_policy,
-        )
-        if self.cd.detect_policy == "reject":
-            found["edge-status"] = "rejected: suspect"
-        elif self.cd.detect_policy == "downweight":
-            found["weight-factor"] = self.cd.detect_downweight
-        return found
-
-    def _remember(
-        self, server_round: int, edge: int, outputs: _Outputs, weight: float, staleness: int
-    ) -> list[float]:
-        """Remember: store the edge's pool logits in the memory; its teachers' test accs."""
-        test_y = self.test.y
-        teacher_accs = [
-            float((lg.argmax(1) == test_y).float().mean()) for lg in outputs.test_logits
-        ]
-        logits = outputs.pool_logits
-        if self.cd.ensemble_mode == "average":
-            logits = logits.mean(0, keepdim=True)
-        self.memory.append(EdgeTeacher(server_round, edge, logits, teacher_accs, weight, staleness))
-        return teacher_accs
 
     def _distil(
         self, server_round: int, edge: int, test_logits: torch.Tensor, teacher_accs: list[float]
@@ -419,8 +345,7 @@ class ClonedDistillation(RoundReports, Strategy):
         student_before = predict_logits(self.model, self.test.x).argmax(1)
         acc_before = float((student_before == self.test.y).float().mean())
         before = prediction_consensus(ensemble_pred, student_before, self.test.y)
-        stacked = torch.cat([entry.pool_logits for entry in self.memory])
-        weights = torch.cat([torch.full((len(e.pool_logits),), e.weight) for e in self.memory])
+        stacked, weights = self.teachers.stacked()
         started = time.monotonic()
         result = self._run_distill(server_round, stacked, weights)
         distill_seconds = time.monotonic() - started
