@@ -194,7 +194,7 @@ class InProcessGrid(Grid):
         replies: list[Message] = []
         waiting = set(ids)
         while waiting:
-            got = self.pull_messages(list(waiting))
+            got = self.pull_messages([i for i in ids if i in waiting])  # in push order
             for reply in got:
                 waiting.discard(reply.metadata.reply_to_message_id)
             replies.extend(got)

@@ -247,6 +247,11 @@ class FedMD(RoundReports, Strategy):
         self._bytes["received"] += sum(content_bytes(r) for r in replies)
         return replies
 
+    def _by_partition(self, replies: Iterable[Message]) -> list[Message]:
+        """``replies`` in partition order: replies arrive in any order, and the consensus and
+        the means over clients must not depend on it (float sums are not associative)."""
+        return sorted(replies, key=self.nodes.partition_of)
+
     def _failed(self, what: str, server_round: int, reply: Message) -> str | None:
         """Log and return the reason when ``reply`` is an error, else None."""
         reason = error_reason(reply)
@@ -293,7 +298,7 @@ class FedMD(RoundReports, Strategy):
         r_dim = self.fedmd.representation_dim if self.fedmd.method == "LKD" else None
         accepted: list[ClientScores] = []
         left_out: dict[int, str] = {}
-        for reply in replies:
+        for reply in self._by_partition(replies):
             pid = self.nodes.partition_of(reply)
             try:
                 accepted.append(check_scores(reply, pid, len(indices), self.num_classes, r_dim))
@@ -350,7 +355,7 @@ class FedMD(RoundReports, Strategy):
         """Mean digest/revisit losses; for FedAvg also the weighted mean of the weights."""
         ok: list[Message] = []
         failures: dict[int, str] = {}
-        for reply in replies:
+        for reply in self._by_partition(replies):
             reason = self._failed("train", server_round, reply)
             if reason is None:
                 ok.append(reply)
@@ -390,7 +395,7 @@ class FedMD(RoundReports, Strategy):
         """Mean and spread over clients of the uniform and private test accuracies."""
         per_client: dict[int, Mapping[str, Any]] = {}
         failures: dict[int, str] = {}
-        for reply in replies:
+        for reply in self._by_partition(replies):
             reason = self._failed("evaluate", server_round, reply)
             if reason is None:
                 per_client[self.nodes.partition_of(reply)] = reply.content[METRICS]

@@ -125,8 +125,8 @@ def test_fedavg_needs_one_architecture() -> None:
 
 
 def test_message_constants_match_the_client() -> None:
-    """Strategy and client agree on the message types and record keys (they never import
-    each other, so the strings are duplicated on purpose)."""
+    """Strategy and client agree on the message types and record keys (both take them from
+    edgekd.protocol.fedmd; they never import each other)."""
     assert f"{MessageType.QUERY}.{fedmd_client.ACTION_SCORES}" == fedmd.MSG_SCORES
     assert f"{MessageType.TRAIN}.{fedmd_client.ACTION_TRAIN}" == fedmd.MSG_TRAIN
     assert f"{MessageType.EVALUATE}.{fedmd_client.ACTION_EVALUATE}" == fedmd.MSG_EVALUATE
