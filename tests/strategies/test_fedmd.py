@@ -288,6 +288,37 @@ def test_ce_and_fedavg_baselines(tiny_npz: Path, tmp_path: Path) -> None:
     assert rows[2]["uniform-acc-std"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_consensus_does_not_depend_on_reply_order(tiny_npz: Path, tmp_path: Path) -> None:
+    """Replies arrive in any order; the consensus is formed in partition order, bit for bit.
+
+    Prepare: a KD strategy for 3 partitions mapped to node ids; three scores replies with
+    random logits whose float32 sum depends on the summation order.
+    Execute: aggregate_query with the replies in two different orders.
+    Assert: the two consensus arrays are identical (not just close).
+    """
+    run_config = _run_config(tiny_npz, tmp_path, **{"fedmd-method": "KD"})
+    strategy = fedmd.FedMD(
+        ExperimentConfig.from_run_config(run_config), FedMDConfig.from_run_config(run_config)
+    )
+    strategy.nodes.node_of_partition.update({0: 11, 1: 12, 2: 13})
+    indices = strategy.alignment_indices(1)
+    rng = np.random.default_rng(0)
+    replies = []
+    for node in (11, 12, 13):
+        request = Message(RecordDict(), dst_node_id=node, message_type=fedmd.MSG_SCORES)
+        logits = (rng.standard_normal((len(indices), strategy.num_classes)) * 1e3).astype(
+            np.float32
+        )
+        scores = ArrayRecord({"logits": Array(logits)})
+        reply = Message(RecordDict({fedmd.SCORES: scores}), reply_to=request)
+        reply.metadata.__dict__["_src_node_id"] = node
+        replies.append(reply)
+    forward, _ = strategy.aggregate_query(1, replies)
+    backward, _ = strategy.aggregate_query(1, [replies[2], replies[0], replies[1]])
+    assert forward is not None and backward is not None
+    assert np.array_equal(forward["logits"].numpy(), backward["logits"].numpy())
+
+
 def test_unreachable_public_npz_is_reported(tiny_npz: Path, tmp_path: Path) -> None:
     """An npz public source that does not exist fails before any round, naming the file."""
     run_config = _run_config(
