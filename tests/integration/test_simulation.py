@@ -129,12 +129,14 @@ def test_crashed_client_process_leaves_core_untouched(tiny_npz: Path, tmp_path: 
     """Through Ray, an edge whose ClientApp process dies mid-round never touches the core.
 
     Prepare: an app directory with this repo's pyproject.toml whose ClientApp is a module that
-    calls os._exit in partition 1's train handler (the Ray actor running it dies); cloned
-    distillation CPP over 3 edges, 3 rounds.
+    calls os._exit in partition 1's train handler (the Ray actor running it dies; the FAB file
+    list of the repo is dropped: this app has no edgekd/ of its own); cloned distillation CPP
+    over 3 edges, 3 rounds.
     Execute: the launcher (flwr run, simulation engine, Ray).
     Assert: the run completes; round 1 is ok; round 2 (edge 1) is rejected with Flower's
     error reply for a dead actor (code 0, ActorDiedError) and its test loss equals round 1's
-    (core unchanged); round 3 is ok or rejected the same way with the core unchanged; every
+    (core unchanged); round 3 is either ok (distilled, core accuracy = test-acc) or rejected
+    the same way with the core unchanged; every
     test-acc is finite; no process of the run is left.
     """
     app = tmp_path / "crashapp"
@@ -144,6 +146,8 @@ def test_crashed_client_process_leaves_core_untouched(tiny_npz: Path, tmp_path: 
         'clientapp = "edgekd.clients.app:app"', 'clientapp = "crashing_client:app"'
     )
     assert "crashing_client:app" in pyproject
+    # this app holds no edgekd/ (edgekd is installed): drop the repo's FAB file list
+    pyproject = re.sub(r"(?m)^fab-include = .*$", "", pyproject)
     (app / "pyproject.toml").write_text(pyproject)
     (app / "crashing_client.py").write_text(CRASHING_CLIENT)
     run_dir = _launch_three_edges(
