@@ -87,19 +87,19 @@ def raw_loop(run_config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """
     from edgekd.clients.app import LocalTrainConfig
     from edgekd.experiment import build_experiment_model, client_data, test_data
-    from edgekd.server.app import prepare_run
+    from edgekd.runner import prepare_run
     from edgekd.strategies.cloned_distillation import (
         ClonedDistillation,
         ClonedDistillationConfig,
     )
     from edgekd.training import evaluate, set_torch_threads, train_supervised
 
-    cfg, recorder = prepare_run(run_config, out_dir)
+    cfg, _recorder = prepare_run(run_config, out_dir)
     set_torch_threads(0)
     cd = ClonedDistillationConfig.from_run_config(run_config)
     if cd.edge_init != "clone":
         raise ValueError(f"the raw loop implements cloned edges only, got {cd.edge_init!r}")
-    strategy = ClonedDistillation(cfg, cd, recorder=recorder)
+    strategy = ClonedDistillation(cfg, cd)
     test = test_data(cfg)
     evaluator = build_experiment_model(cfg, seed=cfg.seed)
     started = time.monotonic()

@@ -36,7 +36,7 @@ def main() -> int:
 
     import edgekd
     from edgekd.launch import effective_run_config
-    from edgekd.server.app import prepare_run
+    from edgekd.runner import prepare_run
     from edgekd.strategies.cloned_distillation import (
         ClonedDistillation,
         ClonedDistillationConfig,
@@ -48,10 +48,10 @@ def main() -> int:
     run_config["npz-path"] = str(args.npz.resolve())
     with tempfile.TemporaryDirectory() as out:
         run_config["output-dir"] = out
-        cfg, recorder = prepare_run(run_config, Path(out))
+        cfg, _recorder = prepare_run(run_config, Path(out))
         set_torch_threads(0)
         cd = ClonedDistillationConfig.from_run_config(run_config)
-        strategy = ClonedDistillation(cfg, cd, recorder=recorder)
+        strategy = ClonedDistillation(cfg, cd)
         strategy.phase0()
         acc = evaluate(strategy.model, strategy.test.x, strategy.test.y).accuracy
     print(

@@ -106,9 +106,9 @@ def main() -> int:
 
     def run(job: tuple[str, int]) -> Path:
         name, seed = job
-        return run_profile(
-            PROFILES / f"{name}.toml", seed, out / "runs" / f"{name}-seed{seed}", workers=2
-        )
+        group = "lag.toml" if name.startswith("lag-") else "noisy.toml"
+        chain = [PROFILES / "base.toml", PROFILES / group, PROFILES / f"{name}.toml"]
+        return run_profile(chain, seed, out / "runs" / f"{name}-seed{seed}", workers=2)
 
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(run, jobs))
@@ -149,7 +149,7 @@ def main() -> int:
         "noisy": noisy,
         "setup": {
             "data": "../shared/data/cifar10_head.npz",
-            "profiles": "simulations/lagged-noisy/*.toml",
+            "profiles": "simulations/lagged-noisy/base.toml + lag.toml|noisy.toml + <case>.toml",
             "seeds": args.seeds,
             "accuracy": "core test accuracy at the end of the run, as a fraction",
             "detection_counted_over": "every returned edge of the clean, no_detection and "
