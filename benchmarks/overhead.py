@@ -61,7 +61,10 @@ from common import (
 PROCESS_STARTED = time.monotonic()
 
 # The CPU-scale reproduction profile itself (results/cloned_distillation), unshortened.
-PROFILE = "simulations/cloned-distillation/CEM.toml"
+PROFILES = [
+    "simulations/cloned-distillation/base.toml",
+    "simulations/cloned-distillation/CEM.toml",
+]
 OVERRIDE = ""
 SHORT_OVERRIDE = (
     "num-server-rounds=3 local-epochs=1 cd-core-epochs=1 cd-distill-epochs=1 "
@@ -294,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", default=PROFILE, help="run-config TOML of the experiment")
+    parser.add_argument(
+        "--profile",
+        nargs="+",
+        default=PROFILES,
+        help="run-config TOML files of the experiment, merged in order",
+    )
     parser.add_argument(
         "--override", default=OVERRIDE, help="run-config overrides applied to the profile"
     )
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return _raw_main(args)
     if args.short:
         args.override = f"{SHORT_OVERRIDE} {args.override}".strip()
-    overrides = [args.profile, args.override, "seed=0"]
+    overrides = [*args.profile, args.override, "seed=0"]
     repeats = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="edgekd-overhead-") as tmp:

@@ -38,7 +38,7 @@ def run_mode(variant: str, mode: str, seed: int) -> Path:
     """``variant`` with ``cd-ensemble-mode = mode``, seed ``seed``."""
     run_dir = OUT / "runs" / f"{variant}-{mode}-seed{seed}"
     extra = [f"cd-ensemble-mode='{mode}'"]
-    return run_profile(PROFILES / f"{variant}.toml", seed, run_dir, extra)
+    return run_profile([PROFILES / "base.toml", PROFILES / f"{variant}.toml"], seed, run_dir, extra)
 
 
 def mode_stats(variant: str, mode: str, seeds: list[int]) -> dict[str, Any]:

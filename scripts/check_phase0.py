@@ -28,7 +28,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", type=Path, default=ROOT, help="app directory (a checkout)")
-    parser.add_argument("--profile", default="simulations/cloned-distillation/CEM.toml")
+    parser.add_argument(
+        "--profile",
+        nargs="+",
+        default=[
+            "simulations/cloned-distillation/base.toml",
+            "simulations/cloned-distillation/CEM.toml",
+        ],
+        help="run-config TOML files, merged in order",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--npz", type=Path, default=ROOT.parent / "shared/data/cifar10_head.npz")
     args = parser.parse_args()
@@ -44,7 +52,8 @@ def main() -> int:
     from edgekd.training import evaluate, set_torch_threads
 
     root = args.root.resolve()
-    run_config = effective_run_config(root, [str(root / args.profile), f"seed={args.seed}"])
+    profiles = [str(root / profile) for profile in args.profile]
+    run_config = effective_run_config(root, [*profiles, f"seed={args.seed}"])
     run_config["npz-path"] = str(args.npz.resolve())
     with tempfile.TemporaryDirectory() as out:
         run_config["output-dir"] = out
