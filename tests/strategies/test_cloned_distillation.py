@@ -651,3 +651,53 @@ def test_nodes_are_asked_for_their_partitions_before_phase0(
     assert len(queries) == 3
     trains = _train_messages(grid)
     assert [m.metadata.dst_node_id for m in trains] == [grid.node_id_of(p) for p in (0, 1)]
+
+
+# ----------------------------------------------------------------------------- control
+def test_control_contacts_no_edge_and_runs_phase_two_without_teachers(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    """The no-teacher control sends no message and equals Phase 0 + CE-only Phase 2 by hand.
+
+    Prepare: the tiny run with cd-variant = "control", 2 rounds.
+    Execute: run_experiment on the in-process grid; separately, Phase 0 then, per round,
+    ``distill`` with zero teachers and the round's distill seed.
+    Assert: nothing was delivered to any node; rounds report status "control" and 0 teachers;
+    the hand-made core has exactly the run's final test accuracy, and differs from Phase 0.
+    """
+    from edgekd.distillation import distill
+    from edgekd.seeds import derive_seed
+    from edgekd.training import evaluate
+
+    run_config = _run_config(
+        tiny_npz, tmp_path, **{"cd-variant": "control", "num-server-rounds": 2}
+    )
+    grid = InProcessGrid(real_client_app, run_config, num_nodes=3)
+    run_experiment(grid, run_config, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+
+    assert list(grid.delivered) == []
+    assert [rows[r]["edge-status"] for r in (1, 2)] == ["control", "control"]
+    assert [rows[r]["num-teachers"] for r in (1, 2)] == [0, 0]
+    strategy = _strategy(tiny_npz, tmp_path, **{"cd-variant": "control"})
+    strategy.phase0()
+    assert strategy.pool is not None
+    phase0 = evaluate(strategy.model, strategy.test.x, strategy.test.y).accuracy
+    assert rows[0]["test-acc"] == phase0
+    for server_round in (1, 2):
+        distill(
+            strategy.model,
+            strategy.pool,
+            torch.empty(0, len(strategy.pool.x), 10),
+            epochs=strategy.cd.distill_epochs,
+            batch_size=strategy.config.batch_size,
+            lr=strategy.cd.distill_lr,
+            temperature=strategy.cd.temperature,
+            momentum=strategy.config.momentum,
+            weight_decay=strategy.config.weight_decay,
+            seed=derive_seed("distill", strategy.config.seed, server_round=server_round),
+        )
+    final = evaluate(strategy.model, strategy.test.x, strategy.test.y)
+    assert rows[2]["test-acc"] == final.accuracy
+    assert rows[2]["test-loss"] == final.loss
+    assert final.loss != rows[0]["test-loss"]
