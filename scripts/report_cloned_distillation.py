@@ -40,9 +40,11 @@ lr restarting at its initial value, for the number of epochs chosen on a calibra
 P = 3 clones for E variants, M = 3 for M variants; I edges start from a model trained on the core
 data with another seed; Is from scratch. **control** = no teacher: every round runs Phase 2's
 schedule with the CE term only, so a variant's gain over it is what its teachers add beyond the
-extra training on the core data. FedAvg: the same split, one edge per round, no core data, from a
-random model. Runs: `python -m edgekd.local` (same ServerApp, ClientApp and Flower messages, in
-one process; `engine_check.json` compares it with Flower's simulation engine).
+extra training on the core data. **core-fedavg**: FedAvg from the same Phase-0 core, the same
+edge per round, the core data as one more client (averaging instead of distillation). FedAvg:
+the same split, one edge per round, no core data, from a random model. Runs:
+`python -m edgekd.local` (same ServerApp, ClientApp and Flower messages, in one process;
+`engine_check.json` compares it with Flower's simulation engine).
 
 Claims are **paired differences** (same seed, hence the same Phase 0 and split) of the core's final
 test accuracy over the reporting seeds, with a 95 % t-interval; the verdict reads "A beats B":

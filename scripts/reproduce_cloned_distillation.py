@@ -29,7 +29,19 @@ from repro_common import ROOT, compact_run, paired, run_profile
 
 PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
-ORDER = ["control", "CPP", "IPP", "CPM", "IPM", "IsPP", "CEP", "IEP", "CEM", "fedavg"]
+ORDER = [
+    "control",
+    "CPP",
+    "IPP",
+    "CPM",
+    "IPM",
+    "CEM",
+    "core-fedavg",
+    "IsPP",
+    "CEP",
+    "IEP",
+    "fedavg",
+]
 PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
     "IsPP": 39.99,
     "IPP": 44.97,
@@ -48,6 +60,8 @@ CLAIMS = [  # the paper's orderings (Fig. 5): A beats B
     ("CEP", "CPP"),
     ("CEM", "CPM"),
     ("CEM", "IPP"),
+    ("CPP", "core-fedavg"),
+    ("CEM", "core-fedavg"),
 ]
 
 
@@ -119,7 +133,7 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
     return {
         "variants": {n: aggregate(done[n], seeds) for n in VARIANTS if n in done},
         "fedavg": aggregate(done["fedavg"], seeds) if "fedavg" in done else None,
-        "controls": {"control": aggregate(done["control"], seeds)} if "control" in done else {},
+        "controls": {n: aggregate(done[n], seeds) for n in ("control", "core-fedavg") if n in done},
         "paired": pairs,
         "seeds": seeds,
         "calibration_seeds": json.loads(

@@ -3,6 +3,7 @@
 from edgekd.strategies import (
     async_cloned_distillation,
     cloned_distillation,
+    core_fedavg,
     fedmd,
     flower_baselines,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "build_strategy",
     "check_strategy_config",
     "cloned_distillation",
+    "core_fedavg",
     "fedmd",
     "flower_baselines",
     "import_plugins",
