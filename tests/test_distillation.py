@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ from edgekd.models import build_model
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Any:
-    """Run torch on one thread: the tiny models gain nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

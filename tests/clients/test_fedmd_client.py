@@ -41,10 +41,7 @@ TRAIN: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The handlers follow OMP_NUM_THREADS; one thread is fastest for these tiny models."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _context(npz: Path, partition_id: int = 0) -> Context:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
@@ -35,16 +34,6 @@ from edgekd.inprocess import InProcessGrid
 from edgekd.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def _one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Run torch on one thread in this process (in-process runs; less contention)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rows(run_dir: Path) -> dict[int, dict[str, Any]]:
@@ -168,7 +157,7 @@ def flwr_log() -> Any:
     logger.removeHandler(handler)
 
 
-@pytest.mark.usefixtures("_one_torch_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("fault", ["missing", "malformed"])
 def test_node_with_bad_data_sends_error_reply_and_run_carries_on(
     tiny_npz: Path, tmp_path: Path, fault: str, flwr_log: list[logging.LogRecord]
@@ -224,7 +213,7 @@ def test_node_with_bad_data_sends_error_reply_and_run_carries_on(
     assert rows[2]["test-loss"] == rows[1]["test-loss"]
 
 
-@pytest.mark.usefixtures("_one_torch_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_node_with_its_own_data_trains_on_all_of_it(tiny_npz: Path, tmp_path: Path) -> None:
     """node-config npz-path: the node trains on that file's whole train split.
 

@@ -28,18 +28,7 @@ from edgekd.strategies.cloned_distillation import (
     parse_variant,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Run torch on one thread (the tiny models gain nothing from more; less contention).
-
-    run_experiment and the ClientApp size their thread pool from OMP_NUM_THREADS.
-    """
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run_config(tiny_npz: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:

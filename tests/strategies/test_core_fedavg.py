@@ -22,15 +22,7 @@ from edgekd.strategies.cloned_distillation import ClonedDistillationConfig
 from edgekd.strategies.core_fedavg import CoreFedAvg, average_states
 from edgekd.training import evaluate, train_supervised
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """One torch thread (tiny models; less contention)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_average_states_weights_by_examples() -> None:

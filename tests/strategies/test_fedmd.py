@@ -33,14 +33,7 @@ from edgekd.strategies.fedmd import FedMDConfig, consensus, content_bytes
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the in-process clients with 1 torch thread (the server follows OMP_NUM_THREADS).
-
-    The tiny models gain nothing from a second thread, and on a busy 2-core machine two
-    threads per process slowed these runs down several times.
-    """
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run_config(tiny_npz: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
