@@ -46,11 +46,21 @@ the same split, one edge per round, no core data, from a random model. Runs:
 `python -m edgekd.local` (same ServerApp, ClientApp and Flower messages, in one process;
 `engine_check.json` compares it with Flower's simulation engine).
 
+Where it was made: every run on a 2-core CPU VM (no GPU was lent), 1 torch thread per run, 2 runs
+side by side, library code of commit b765c72 (the pilot's; core-fedavg, which came later: of
+ae4f19e); the restructured library of later commits gives the same numbers digit for digit
+(checked on CPP, seed 0, every per-round value).
+
 Claims are **paired differences** (same seed, hence the same Phase 0 and split) of the core's final
 test accuracy over the reporting seeds, with a 95 % t-interval; the verdict reads "A beats B":
 *holds* (interval above 0), *does not hold* (below 0), *unresolved* (contains 0). One seed's
 accuracy on 1,017 test images has a binomial standard error of about 0.015.
 """
+
+
+def fmt(values: list[float]) -> str:
+    """A list of accuracies with four decimals."""
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
 
 
 def pct(value: float) -> str:
@@ -146,8 +156,8 @@ def engine_section() -> list[str]:
         "",
         f"`python scripts/check_engines.py`: profile {check['profiles']}, overrides "
         f"`{check['overrides']}`, seed {check['seed']}: per-round test accuracy through "
-        f"Flower's simulation engine (Ray) {check['simulation']} and through "
-        f"`edgekd.local` {check['local']}: identical = **{check['identical']}**.",
+        f"Flower's simulation engine (Ray) {fmt(check['simulation'])} and through "
+        f"`edgekd.local` {fmt(check['local'])}: identical = **{check['identical']}**.",
         "",
     ]
 
