@@ -39,15 +39,12 @@ def run_description(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, 
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, element counts and bytes of a state dict's tensors.
-
-    Tensors are flattened first, so a reshape alone does not change the digest; the model's
-    architecture is part of every cache key through the run config.
-    """
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors."""
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        tensor = tensor.reshape(-1)
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 

@@ -83,8 +83,8 @@ def test_loading_uses_weights_only(tmp_path: Path) -> None:
     assert load.call_args.kwargs["weights_only"] is True
 
 
-def test_state_digest_sees_names_dtypes_sizes_and_bytes() -> None:
-    """The digest changes with a tensor's name, dtype, size or one value (not a reshape)."""
+def test_state_digest_sees_names_dtypes_shapes_and_bytes() -> None:
+    """The digest changes with a tensor's name, dtype, size, shape or one value."""
     state = {"w": torch.arange(6, dtype=torch.float32)}
     digest = state_digest(state)
     assert state_digest({"w": torch.arange(6, dtype=torch.float32)}) == digest
@@ -95,7 +95,8 @@ def test_state_digest_sees_names_dtypes_sizes_and_bytes() -> None:
         {"w": torch.tensor([0.0, 1, 2, 3, 4, 6])},
     ]
     assert digest not in {state_digest(s) for s in changed}
-    assert state_digest({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}) == digest
+    assert state_digest({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}) != digest
+    assert state_digest({"w": torch.tensor(5)}) != state_digest({"w": torch.tensor([5])})
 
 
 @dataclass(frozen=True)
