@@ -72,7 +72,7 @@ class CoreFedAvg(ClonedDistillation):
             ),
             augment=self.config.augment,
             padding=self.core.padding,
-            flip=self.test.x.shape[-1] >= 16,
+            flip=self._flip,
             lr_schedule=self.config.lr_schedule,
         )
         averaged = average_states(
