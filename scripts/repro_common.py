@@ -90,6 +90,9 @@ COMPACT_KEYS = {
     "edge_status": "edge-status",
     "suspect": "suspect",
     "staleness": "staleness",
+    "edge": "edge",
+    "detect_score": "detect-score",
+    "detect_reference": "detect-reference",
 }
 
 

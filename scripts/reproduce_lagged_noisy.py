@@ -1,181 +1,259 @@
-"""Regenerate results/lagged_noisy/: the paper's Fig. 7 (lagged edge) and Fig. 8 (noisy edges).
+"""Regenerate results/lagged_noisy/: Fig. 7 (a late edge) and Fig. 8 (noisy edges), paired.
 
-Profiles: simulations/lagged-noisy/*.toml, strategy ``async-cloned-distillation``, each run by
-``python -m edgekd.local --workers 2`` (the ClientApp runs in 2 background threads, so a late
-edge really sleeps while the server goes on), 1 torch thread, ``--parallel`` runs side by side.
-Finished runs are skipped when started again.
+Both experiments use the cloned-distillation table's protocol (simulations/cloned-distillation/
+base.toml), so their references are that table's runs (results/cloned_distillation/compact/):
 
-    python scripts/reproduce_lagged_noisy.py                # seeds 0 1 2
+- Fig. 7: CEM for 2 rounds, strategy ``async-cloned-distillation``. *Normal* is the table's CEM
+  after round 2, *late used* a run where edge 0 answers after edge 1 was distilled (its models
+  distilled on arrival, staleness 2), *late omitted* the same run before the late reply arrived
+  (discarding it leaves that core untouched). Two check runs on seed 0 (``lag-normal``,
+  ``lag-late-omitted``) confirm both identities digit for digit. The control is the table's
+  no-teacher control after round 2.
+- Fig. 8: CPM with partitions 3 and 6 corrupted; the corruption and the detection threshold
+  come from scripts/calibrate_noisy.py (calibration seeds, never the reporting ones). *Clean*
+  is the table's CPM (a clean flagging run is CPM digit for digit), *no detection* flags only,
+  *detection* rejects suspect edges.
+
+Every run is executed by ``python -m edgekd.local`` (the lag runs with ``--workers 2``: the
+ClientApp in background threads, so a late edge really sleeps while the server goes on);
+finished runs leave a compact JSON in ``compact/`` and are skipped when started again.
+
+    python scripts/reproduce_lagged_noisy.py --parallel 6     # seeds 0-4, lag and noisy
+    python scripts/reproduce_lagged_noisy.py --report-only    # tables only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, final_stats, load_curve, load_rows, run_profile
+from repro_common import ROOT, compact_run, final_stats, paired, run_profile
 
-PROFILES = ROOT / "simulations" / "lagged-noisy"
-LAGGED = {
-    "normal": "lag-normal",
-    "late_used": "lag-late-used",
-    "late_omitted": "lag-late-omitted",
-    "late_used_polynomial": "lag-late-used-polynomial",
-}
-NOISY = {
-    "clean": "noisy-clean",
-    "no_detection": "noisy-no-detection",
-    "detection": "noisy-detection",
-}
+CD = ROOT / "simulations" / "cloned-distillation"
+LN = ROOT / "simulations" / "lagged-noisy"
+TABLE = ROOT / "results" / "cloned_distillation" / "compact"
+LAG = {"late-used": "lag-late-used", "late-used-polynomial": "lag-late-used-polynomial"}
+LAG_CHECKS = {"normal": "lag-normal", "late-omitted": "lag-late-omitted"}
+NOISY = {"no-detection": "noisy-no-detection", "detection": "noisy-detection"}
+TEACHER_KEYS = ("edge", "dispatch-round", "consumed-round", "staleness", "status", "teacher-weight")
 PAPER = {"normal": 64.25, "late_used": 63.37, "late_omitted": 62.65}
 
 
-def teachers(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-teacher records (staleness, status, detection) of an async run."""
-    path = run_dir / "teachers.json"
-    return json.loads(path.read_text()) if path.exists() else []
+def chain(name: str) -> list[Path]:
+    """The profile files of a lag or noisy case, in order."""
+    if name.startswith("lag-"):
+        return [CD / "base.toml", CD / "CEM.toml", LN / "lag.toml", LN / f"{name}.toml"]
+    return [CD / "base.toml", CD / "CPM.toml", LN / "noisy.toml", LN / f"{name}.toml"]
 
 
-def detection_counts(run_dirs: list[Path]) -> dict[str, int]:
-    """Suspect flags against ground truth over every returned edge of ``run_dirs``.
+def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+    """Run profile ``name`` with ``seed`` unless its compact JSON exists; the compact run."""
+    path = out / "compact" / f"{name}-seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    workers = 2 if name.startswith("lag-") else 0
+    run_dir = run_profile(chain(name), seed, out / "runs" / f"{name}-seed{seed}", extra, workers)
+    compact = {"name": name, "seed": seed, **compact_run(run_dir)}
+    teachers_path = run_dir / "teachers.json"
+    if teachers_path.exists():
+        compact["teachers"] = [
+            {k: t[k] for k in TEACHER_KEYS if k in t} for t in json.loads(teachers_path.read_text())
+        ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(compact) + "\n")
+    return compact
 
-    The ground truth is the ``simulated-noisy`` flag the edge itself reported (the clean
-    profile's partitions 3 and 6 are clean, the noisy profiles' are corrupted).
-    """
+
+def check_calibration(out: Path) -> dict[str, Any]:
+    """noisy.toml must carry the corruption and threshold that calibration.json chose."""
+    calibration = json.loads((out / "calibration.json").read_text())
+    profile = tomllib.loads((LN / "noisy.toml").read_text())
+    expected = {
+        "sim-noise-mode": calibration["chosen"]["mode"],
+        "sim-noise-p": calibration["chosen"]["p"],
+        "cd-detect-threshold": calibration["threshold"]["chosen"],
+    }
+    wrong = {k: (profile.get(k), v) for k, v in expected.items() if profile.get(k) != v}
+    if wrong:
+        raise SystemExit(f"simulations/lagged-noisy/noisy.toml disagrees with calibration: {wrong}")
+    return calibration
+
+
+def late_is_late(run: dict[str, Any]) -> bool:
+    """Edge 0's reply was consumed after round 2 (staleness 2), edge 1's on time."""
+    by_edge = {t["edge"]: t for t in run.get("teachers", [])}
+    return by_edge.get(0, {}).get("staleness") == 2 and by_edge.get(1, {}).get("staleness") == 0
+
+
+def table_run(name: str, seed: int) -> dict[str, Any]:
+    """A compact run of the cloned-distillation table."""
+    return json.loads((TABLE / f"{name}-seed{seed}.json").read_text())
+
+
+def lag_summary(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Fig. 7: per-case accuracies, paired orderings, the identity checks."""
+    late = [runs[("lag-late-used", s)] for s in seeds]
+    bad = [run["seed"] for run in late if not late_is_late(run)]
+    if bad:
+        raise SystemExit(f"lag runs where edge 0 was not late as designed: seeds {bad}")
+    cases = {
+        "normal": [table_run("CEM", s)["test_acc"][2] for s in seeds],
+        "late_used": [run["test_acc"][-1] for run in late],
+        "late_omitted": [run["test_acc"][2] for run in late],
+        "late_used_polynomial": [
+            runs[("lag-late-used-polynomial", s)]["test_acc"][-1] for s in seeds
+        ],
+        "control": [table_run("control", s)["test_acc"][2] for s in seeds],
+    }
+    checks = {}
+    for case, name in LAG_CHECKS.items():
+        check = runs.get((name, seeds[0]))
+        derived = cases[case.replace("-", "_")][0]
+        if check is not None:
+            checks[name] = {
+                "seed": seeds[0],
+                "run": check["test_acc"][-1],
+                "derived": derived,
+                "identical": check["test_acc"][-1] == derived,
+            }
+    pairs = [
+        ("normal", "late_used"),
+        ("late_used", "late_omitted"),
+        ("normal", "late_omitted"),
+        ("late_used_polynomial", "late_used"),
+    ]
+    pairs += [(c, "control") for c in cases if c != "control"]
+    staleness = [
+        [t.get("staleness") for t in run["teachers"] if t.get("status") == "ok"] for run in late
+    ]
+    return {
+        **{c: final_stats(v, seeds) for c, v in cases.items()},
+        "paired": {f"{a}-{b}": paired(cases[a], cases[b]) for a, b in pairs},
+        "checks": checks,
+        "staleness": staleness,
+        "curves": {"late_used": [run["test_acc"] for run in late]},
+    }
+
+
+def detection_counts(runs: list[dict[str, Any]], noisy_edges: set[int]) -> dict[str, Any]:
+    """Suspect decisions against ground truth (the corrupted partitions) over every edge."""
     counts = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
-    for run_dir in run_dirs:
-        for entry in teachers(run_dir):
-            if "suspect" not in entry or "simulated-noisy" not in entry:
-                continue
-            noisy = bool(entry["simulated-noisy"])
-            key = (
-                ("tp" if entry["suspect"] else "fn")
-                if noisy
-                else ("fp" if entry["suspect"] else "tn")
-            )
-            counts[key] += 1
-    return counts
+    for run in runs:
+        for edge, suspect in zip(run["edge"], run["suspect"], strict=True):
+            corrupted = int(edge) in noisy_edges
+            counts[("tp" if suspect else "fn") if corrupted else ("fp" if suspect else "tn")] += 1
+    return {
+        "detection_rate": counts["tp"] / max(1, counts["tp"] + counts["fn"]),
+        "false_positive_rate": counts["fp"] / max(1, counts["fp"] + counts["tn"]),
+        "detector_counts": counts,
+    }
 
 
-def plot(out: Path, curves: dict[str, dict[str, list[float]]]) -> None:
-    """lagged.png and noisy.png: mean core test accuracy per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for name, group in curves.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, curve in group.items():
-            ax.plot(range(len(curve)), curve, marker="o", label=label)
-        ax.set_xlabel("round (last point for lagged runs: after the late reply was handled)")
-        ax.set_ylabel("core test accuracy (mean over seeds)")
-        ax.set_title(f"{name} edges, cifar10_head, resnet8")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=110)
-        plt.close(fig)
-
-
-def mean_curve(run_dirs: list[Path]) -> list[float]:
-    """Mean test-acc per round over runs (truncated to the shortest)."""
-    curves = [load_curve(d) for d in run_dirs]
-    length = min(len(c) for c in curves)
-    return [statistics.fmean(c[i] for c in curves) for i in range(length)]
+def noisy_summary(
+    runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int], calibration: dict[str, Any]
+) -> dict[str, Any]:
+    """Fig. 8: clean (the table's CPM), no detection, detection, control; paired; detector."""
+    groups = {
+        "clean": [table_run("CPM", s) for s in seeds],
+        "no_detection": [runs[("noisy-no-detection", s)] for s in seeds],
+        "detection": [runs[("noisy-detection", s)] for s in seeds],
+        "control": [table_run("control", s) for s in seeds],
+    }
+    finals = {case: [run["test_acc"][-1] for run in group] for case, group in groups.items()}
+    profile = tomllib.loads((LN / "noisy-no-detection.toml").read_text())
+    noisy_edges = {int(e) for e in str(profile["sim-noisy-edges"]).split(",")}
+    pairs = [("clean", "no_detection"), ("detection", "no_detection"), ("clean", "detection")]
+    pairs += [(c, "control") for c in ("clean", "no_detection", "detection")]
+    summary: dict[str, Any] = {
+        case: final_stats(finals[case], seeds)
+        | {
+            "min_acc_mean": sum(min(r["test_acc"]) for r in group) / len(group),
+            "curve_mean": [
+                sum(v) / len(v) for v in zip(*(r["test_acc"] for r in group), strict=True)
+            ],
+        }
+        for case, group in groups.items()
+    }
+    summary["detection"] |= detection_counts(
+        groups["no_detection"] + groups["detection"], noisy_edges
+    ) | {
+        "counted_over": "every returned edge of the no-detection and detection runs of the "
+        "reporting seeds; ground truth: partitions 3 and 6 are corrupted"
+    }
+    return {
+        **summary,
+        "paired": {f"{a}-{b}": paired(finals[a], finals[b]) for a, b in pairs},
+        "damage": paired(finals["clean"], finals["no_detection"]),
+        "recovery": paired(finals["detection"], finals["no_detection"]),
+        "corruption": calibration["chosen"],
+        "threshold": calibration["threshold"]["chosen"],
+        "calibration_seeds": calibration["calibration_seeds"],
+    }
 
 
 def main() -> int:
-    """Run what is missing, then write summary.json and the plots."""
+    """Run what is missing, then write summary.json, the README and the plots."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--parts", nargs="+", default=["lag", "noisy"], choices=["lag", "noisy"])
+    parser.add_argument("--parallel", type=int, default=6)
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgekd" / "runs"))
+    parser.add_argument("--report-only", action="store_true", help="no runs, only the tables")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "lagged_noisy")
     args = parser.parse_args()
     out: Path = args.out
-    profiles = [*LAGGED.values(), *NOISY.values()]
-    jobs = [(p, s) for s in args.seeds for p in profiles]
-    print(f"{len(jobs)} runs, {args.parallel} at a time", flush=True)
-
-    def run(job: tuple[str, int]) -> Path:
-        name, seed = job
-        group = "lag.toml" if name.startswith("lag-") else "noisy.toml"
-        chain = [PROFILES / "base.toml", PROFILES / group, PROFILES / f"{name}.toml"]
-        return run_profile(chain, seed, out / "runs" / f"{name}-seed{seed}", workers=2)
-
-    with ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(run, jobs))
-
-    def dirs(name: str) -> list[Path]:
-        return [out / "runs" / f"{name}-seed{s}" for s in args.seeds]
-
-    lagged = {}
-    for case, name in LAGGED.items():
-        lagged[case] = final_stats([load_curve(d)[-1] for d in dirs(name)], args.seeds)
-        lagged[case]["staleness"] = [
-            [t["staleness"] for t in teachers(d) if t.get("status") == "ok"] for d in dirs(name)
-        ]
-        lagged[case]["teacher_weights"] = [
-            [t["teacher-weight"] for t in teachers(d) if t.get("status") == "ok"]
-            for d in dirs(name)
-        ]
-        lagged[case]["statuses"] = [[t.get("status") for t in teachers(d)] for d in dirs(name)]
-    noisy: dict[str, Any] = {}
-    for case, name in NOISY.items():
-        finals = [load_curve(d)[-1] for d in dirs(name)]
-        noisy[case] = final_stats(finals, args.seeds)
-        rows = [load_rows(d) for d in dirs(name)]
-        noisy[case]["min_acc_mean"] = statistics.fmean(
-            min(r["test-acc"] for r in run_rows if r.get("test-acc") is not None)
-            for run_rows in rows
-        )
-    flagged = detection_counts(
-        dirs(NOISY["no_detection"]) + dirs(NOISY["detection"]) + dirs(NOISY["clean"])
-    )
-    noisy_total = flagged["tp"] + flagged["fn"]
-    clean_total = flagged["fp"] + flagged["tn"]
-    noisy["detection"]["detection_rate"] = flagged["tp"] / noisy_total if noisy_total else None
-    noisy["detection"]["false_positive_rate"] = flagged["fp"] / clean_total if clean_total else None
-    noisy["detection"]["detector_counts"] = flagged
-    summary = {
-        "lagged": lagged,
-        "noisy": noisy,
-        "setup": {
-            "data": "../shared/data/cifar10_head.npz",
-            "profiles": "simulations/lagged-noisy/base.toml + lag.toml|noisy.toml + <case>.toml",
-            "seeds": args.seeds,
-            "accuracy": "core test accuracy at the end of the run, as a fraction",
-            "detection_counted_over": "every returned edge of the clean, no_detection and "
-            "detection runs (ground truth: the simulated-noisy flag each edge reported)",
-        },
+    calibration = check_calibration(out) if "noisy" in args.parts else None
+    jobs = []
+    if "lag" in args.parts:
+        # the late-used runs first: the checks and the polynomial runs reuse their edges' cache
+        jobs += [("lag-late-used", s) for s in args.seeds]
+        jobs += [(n, args.seeds[0]) for n in LAG_CHECKS.values()]
+        jobs += [("lag-late-used-polynomial", s) for s in args.seeds]
+    if "noisy" in args.parts:
+        jobs += [(n, s) for s in args.seeds for n in NOISY.values()]
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.report_only:
+        for path in sorted((out / "compact").glob("*.json")):
+            run = json.loads(path.read_text())
+            runs[(run["name"], run["seed"])] = run
+    else:
+        print(f"{len(jobs)} runs, {args.parallel} at a time", flush=True)
+        extra = [f"cache-dir='{args.cache_dir}'"]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            futures = {job: pool.submit(run_one, *job, out, extra) for job in jobs}
+            runs = {job: future.result() for job, future in futures.items()}
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if "lag" in args.parts:
+        summary["lagged"] = lag_summary(runs, args.seeds)
+    if "noisy" in args.parts and calibration is not None:
+        summary["noisy"] = noisy_summary(runs, args.seeds, calibration)
+        summary["calibration_seeds"] = calibration["calibration_seeds"]
+    summary["paired"] = {
+        f"{part}/{name}": entry
+        for part in ("lagged", "noisy")
+        for name, entry in summary.get(part, {}).get("paired", {}).items()
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(
-        out,
-        {
-            "lagged": {case: mean_curve(dirs(name)) for case, name in LAGGED.items()},
-            "noisy": {case: mean_curve(dirs(name)) for case, name in NOISY.items()},
-        },
-    )
-    for case, stats in lagged.items():
-        print(
-            f"lagged {case:13s} {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
-            f"(paper {PAPER.get(case, float('nan')):.2f} %) staleness {stats['staleness']}"
-        )
-    for case, stats in noisy.items():
-        print(
-            f"noisy  {case:13s} {stats['final_acc_mean']:.4f} ± {stats['final_acc_std']:.4f} "
-            f"min {stats['min_acc_mean']:.4f}"
-        )
-    print("detector", flagged)
+    summary["seeds"] = args.seeds
+    summary["setup"] = {
+        "data": "../shared/data/cifar10_head.npz (5,170 train / 1,017 test CIFAR-10)",
+        "protocol": "simulations/cloned-distillation/base.toml (the cloned-distillation table's)",
+        "engine": "python -m edgekd.local (in-process; results/cloned_distillation/"
+        "engine_check.json)",
+        "accuracy": "core test accuracy, as a fraction",
+        "paired": "A-B = A minus B per seed; 95 % t-interval; verdict on the claim A > B",
+    }
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    from report_lagged_noisy import write_report
+
+    write_report(summary, out, PAPER)
     return 0
 
 
