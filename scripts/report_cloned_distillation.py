@@ -108,6 +108,7 @@ def main_table(summary: dict[str, Any], paper: dict[str, float]) -> list[str]:
     rows = [
         *summary["controls"].items(),
         *summary["variants"].items(),
+        *summary.get("ablations", {}).items(),
         *([("FedAvg", summary["fedavg"])] if summary["fedavg"] else []),
     ]
     for name, stats in rows:
@@ -170,7 +171,7 @@ def write_report(summary: dict[str, Any], out: Path, paper: dict[str, float]) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = {**summary["controls"], **summary["variants"]}
+    curves = {**summary["controls"], **summary["variants"], **summary.get("ablations", {})}
     if summary["fedavg"]:
         curves["FedAvg"] = summary["fedavg"]
     for name, stats in curves.items():

@@ -40,8 +40,10 @@ ORDER = [
     "IsPP",
     "CEP",
     "IEP",
+    "CEM-average",
     "fedavg",
 ]
+ABLATIONS = ["CEM-average"]  # CEM with each edge's clones averaged into one teacher
 PAPER = {  # Figure 5, CIFAR-100, ResNet-32, final accuracy in %
     "IsPP": 39.99,
     "IPP": 44.97,
@@ -62,6 +64,8 @@ CLAIMS = [  # the paper's orderings (Fig. 5): A beats B
     ("CEM", "IPP"),
     ("CPP", "core-fedavg"),
     ("CEM", "core-fedavg"),
+    ("CEM-average", "CEM"),  # ablation: is the clones' total weight what costs CEM?
+    ("CEM-average", "CPM"),
 ]
 
 
@@ -126,12 +130,13 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
         for name, group in done.items()
     }
     pairs: dict[str, Any] = {}
-    for a, b in [*CLAIMS, *((v, "control") for v in VARIANTS)]:
+    for a, b in [*CLAIMS, *((v, "control") for v in [*VARIANTS, *ABLATIONS])]:
         if a in final and b in final:
             pairs[f"{a}-{b}"] = paired(final[a], final[b])
             pairs[f"{a}-{b}"]["last3"] = paired(last3[a], last3[b])
     return {
         "variants": {n: aggregate(done[n], seeds) for n in VARIANTS if n in done},
+        "ablations": {n: aggregate(done[n], seeds) for n in ABLATIONS if n in done},
         "fedavg": aggregate(done["fedavg"], seeds) if "fedavg" in done else None,
         "controls": {n: aggregate(done[n], seeds) for n in ("control", "core-fedavg") if n in done},
         "paired": pairs,
