@@ -532,7 +532,7 @@ def _faulty_app(fault: str, broken_round: int = 1) -> ClientApp:
         ("wrong-keys", "wrong keys"),
         ("ensemble-size", "ensemble-size 1, expected 2"),
         ("missing-member", "misses ensemble member 'arrays-1'"),
-        ("no-metrics", "no 'metrics' record"),
+        ("no-metrics", "2 ArrayRecords and no 'ensemble-size'"),
         ("ensemble-size-inf", "ensemble-size"),
         ("overflow", "non-finite teacher outputs"),
     ],
