@@ -7,7 +7,6 @@ Flower's conventions, no ``query.whoami``) or ClientApps that fail, on
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,6 @@ from edgekd.runner import run_experiment
 from edgekd.strategies.common import FederationError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-PLAIN_CLIENT = Path(__file__).resolve().parents[1] / "apps" / "plain_flower_client.py"
-
-
-def plain_client_app() -> ClientApp:
-    """The Flower-only ClientApp of ``tests/apps/plain_flower_client.py``."""
-    spec = importlib.util.spec_from_file_location("plain_flower_client", PLAIN_CLIENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.app
 
 
 def _run_config(tiny_npz: Path, tmp_path: Path, strategy: str, **extra: Any) -> dict[str, Any]:
@@ -65,7 +53,7 @@ def _rows(out_dir: Path) -> dict[int, dict[str, Any]]:
     "strategy", ["cloned-distillation", "async-cloned-distillation", "core-fedavg", "fedavg"]
 )
 def test_plain_flower_client_trains_every_round(
-    tiny_npz: Path, tmp_path: Path, strategy: str
+    tiny_npz: Path, tmp_path: Path, strategy: str, plain_client_app: ClientApp
 ) -> None:
     """A Flower-only ClientApp (no whoami) is an edge/client of every averaging or
     distillation strategy, and the server's model changes in every round.
@@ -77,7 +65,7 @@ def test_plain_flower_client_trains_every_round(
     order, and a plain reply counts as one teacher although P=2 was asked.
     """
     run_config = _run_config(tiny_npz, tmp_path, strategy)
-    grid = InProcessGrid(plain_client_app(), run_config, num_nodes=3, seed=1)
+    grid = InProcessGrid(plain_client_app, run_config, num_nodes=3, seed=1)
     run_experiment(grid, run_config, tmp_path / "run")
 
     rows = _rows(tmp_path / "run")
@@ -96,10 +84,10 @@ def test_plain_flower_client_trains_every_round(
         assert rows[1]["num-teachers"] == 1 and rows[2]["num-teachers"] == 2
 
 
-def _partly_unsupported() -> ClientApp:
+def _partly_unsupported(plain: ClientApp) -> ClientApp:
     """Partition 1 runs a ClientApp without any handler (Flower's own "No train function
     registered" error reply); the others run the plain Flower client."""
-    plain, empty = plain_client_app(), ClientApp()
+    empty = ClientApp()
     app = ClientApp()
 
     @app.train()
@@ -110,7 +98,9 @@ def _partly_unsupported() -> ClientApp:
     return app
 
 
-def test_edge_that_cannot_train_is_reported_with_its_reason(tiny_npz: Path, tmp_path: Path) -> None:
+def test_edge_that_cannot_train_is_reported_with_its_reason(
+    tiny_npz: Path, tmp_path: Path, plain_client_app: ClientApp
+) -> None:
     """An edge whose ClientApp has no train handler is skipped with Flower's reason; the run
     goes on with the others.
 
@@ -122,7 +112,7 @@ def test_edge_that_cannot_train_is_reported_with_its_reason(tiny_npz: Path, tmp_
     other rounds are ok.
     """
     run_config = _run_config(tiny_npz, tmp_path, "cloned-distillation", **{"num-server-rounds": 3})
-    grid = InProcessGrid(_partly_unsupported(), run_config, num_nodes=3, seed=2)
+    grid = InProcessGrid(_partly_unsupported(plain_client_app), run_config, num_nodes=3, seed=2)
     run_experiment(grid, run_config, tmp_path / "run")
 
     rows = _rows(tmp_path / "run")
