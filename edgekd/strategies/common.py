@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from logging import INFO, WARNING
@@ -54,18 +55,32 @@ def error_reason(reply: Message, *, last_line: bool = False) -> str | None:
     """``"error reply (code C): <line>"`` for an error reply, else None.
 
     ``<line>`` is the first line of Flower's error reason (the last with ``last_line``: the
-    exception of a traceback). Flower's runtimes wrap a ClientApp's exception as
-    ``<class '...'>:<'\nException ... Message: <text>'>``; such a reason is joined into one line.
+    exception of a traceback); Flower's ``<class 'X'>:<'...'>`` form of a ClientApp's
+    exception becomes ``X: <its message line>``.
     """
     if not reply.has_error():
         return None
     return f"error reply (code {reply.error.code}): {_reason_line(reply, last_line)}"
 
 
+_FLOWER_REASON = re.compile(r"^<class '([^']*)'>:<'(.*)'>$", re.DOTALL)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _reason_line(reply: Message, last_line: bool = False) -> str:
-    lines = [line.strip() for line in (reply.error.reason or "").splitlines() if line.strip()]
-    if lines and lines[0].startswith("<class '") and lines[0].endswith("<'"):
-        return " ".join(lines)
+    """One line of an error reply's reason.
+
+    Flower's runtimes write a ClientApp's exception as ``<class 'X'>:<'text'>`` (in Ray,
+    ``text`` is a whole traceback ending in ``... Message: <what the ClientApp raised>``):
+    that becomes ``X: <the last "Message:" line, else the last line>``.
+    """
+    text = _ANSI.sub("", reply.error.reason or "").strip()
+    match = _FLOWER_REASON.match(text)
+    if match:
+        inner = [line.strip() for line in match.group(2).splitlines() if line.strip()]
+        messages = [line for line in inner if "Message: " in line] or inner or [""]
+        return f"{match.group(1).rsplit('.', 1)[-1]}: {messages[-1]}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[-1] if last_line else lines[0]) if lines else ""
 
 

@@ -21,27 +21,25 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAIN_CLIENT = ROOT / "tests" / "apps" / "plain_flower_client.py"
 
 
-def plain_client_app_dir(tmp_path: Path) -> Path:
-    """An app directory: edgekd's ServerApp and config, the Flower-only ClientApp.
+def client_app_dir(tmp_path: Path, module: str, source: str) -> Path:
+    """An app directory: edgekd's ServerApp and config, the ClientApp ``module:app``.
 
     The directory carries this checkout's ``edgekd/`` (so the run uses this code, whatever is
-    installed) and ``plain_flower_client.py``; pyproject.toml is the repository's with the
-    ``clientapp`` component and the FAB file list changed accordingly.
+    installed) and ``<module>.py`` with ``source``; pyproject.toml is the repository's with
+    the ``clientapp`` component and the FAB file list changed accordingly.
     """
-    app = tmp_path / "plainapp"
+    app = tmp_path / "app"
     app.mkdir()
     pyproject = (ROOT / "pyproject.toml").read_text()
     pyproject = pyproject.replace(
-        'clientapp = "edgekd.clients.app:app"', 'clientapp = "plain_flower_client:app"'
+        'clientapp = "edgekd.clients.app:app"', f'clientapp = "{module}:app"'
     )
     pyproject = re.sub(
-        r"(?m)^fab-include = .*$",
-        'fab-include = ["edgekd/**/*.py", "/plain_flower_client.py"]',
-        pyproject,
+        r"(?m)^fab-include = .*$", f'fab-include = ["edgekd/**/*.py", "/{module}.py"]', pyproject
     )
-    assert "plain_flower_client:app" in pyproject and "/plain_flower_client.py" in pyproject
+    assert f"{module}:app" in pyproject and f"/{module}.py" in pyproject
     (app / "pyproject.toml").write_text(pyproject)
-    shutil.copyfile(PLAIN_CLIENT, app / "plain_flower_client.py")
+    (app / f"{module}.py").write_text(source)
     shutil.copytree(ROOT / "edgekd", app / "edgekd", ignore=shutil.ignore_patterns("__pycache__"))
     return app
 
@@ -66,7 +64,7 @@ def test_flower_only_client_changes_the_model_every_round(
         f"cd-distill-epochs=1 batch-size=16 async-round-wait=120.0 output-dir='{out_dir}'"
     )
     code = launch(
-        plain_client_app_dir(tmp_path),
+        client_app_dir(tmp_path, "plain_flower_client", PLAIN_CLIENT.read_text()),
         [run_config],
         federation_config="num-supernodes=2 client-resources-num-cpus=1",
         timeout=540,
@@ -83,3 +81,35 @@ def test_flower_only_client_changes_the_model_every_round(
     if strategy == "async-cloned-distillation":
         teachers = json.loads((run_dir / "teachers.json").read_text())
         assert [t["status"] for t in teachers] == ["ok", "ok"]
+
+
+@pytest.mark.integration
+def test_run_where_no_node_trains_fails_with_the_reason(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through flwr run + Ray, a run in which every node fails is a failed run, with its reason.
+
+    Prepare: an app whose ClientApp has no handler at all (every message gets Flower's "No
+    train function registered" error reply); cloned distillation, 2 SuperNodes, 1 round.
+    Execute: the launcher.
+    Assert: exit 1; its one status line on stderr says the run failed and names the
+    strategy's reason and Flower's.
+    """
+    source = "from flwr.clientapp import ClientApp\n\napp = ClientApp()\n"
+    run_config = (
+        f"strategy='cloned-distillation' dataset='npz' npz-path='{tiny_npz}' "
+        "core-fraction=0.25 num-partitions=2 num-server-rounds=1 cd-variant='CPP' "
+        f"cd-core-epochs=1 cd-distill-epochs=1 batch-size=16 output-dir='{tmp_path / 'out'}'"
+    )
+    code = launch(
+        client_app_dir(tmp_path, "empty_client", source),
+        [run_config],
+        federation_config="num-supernodes=2 client-resources-num-cpus=1",
+        timeout=540,
+        flwr_home=tmp_path / "flwr-home",
+    )
+    assert code == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("edgekd.launch")]
+    assert "finished:failed" in line
+    assert "cloned-distillation: no edge returned a model in any of 1 round(s)" in line
+    assert "No train function registered" in line

@@ -203,19 +203,30 @@ def test_reply_members_accepts_a_plain_flower_reply_as_one_model() -> None:
         reply_members(empty, 3, reference)
 
 
-def test_flower_wrapped_exception_reason_becomes_one_line() -> None:
-    """Flower's "<class ...>:<'\\nException ... Message: ...'>" reason is joined into one line."""
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException "
+        "occurred. Message: No train function registered with name 'default''>",
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor"
+        ".run()\x1b[39m (pid=1, ip=1.2.3.4)\nTraceback (most recent call last):\n  File x\n"
+        "ValueError: No train function registered with name 'default'\n\nThe above exception "
+        "...\nflwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
+        "occurred. Message: No train function registered with name 'default''>",
+    ],
+)
+def test_flower_wrapped_exception_reason_becomes_one_line(reason: str) -> None:
+    """Flower's "<class 'X'>:<'...'>" reasons (in process and from a Ray actor, with a
+    traceback and colour codes) become "X: <the message line>", one line."""
     from flwr.app import Error
 
     request = instruction(RecordDict(), MessageType.TRAIN, 5, "1")
-    reason = (
-        "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\n"
-        "Exception ClientAppException occurred. Message: No query function registered'>"
-    )
     reply = Message(Error(code=2, reason=reason), reply_to=request)
-    line = error_reason(reply, last_line=True)
-    assert line is not None and "\n" not in line
-    assert line.endswith("Message: No query function registered'>")
+    line = error_reason(reply)
+    assert line is not None and "\n" not in line and "\x1b" not in line
+    assert line.startswith("error reply (code 2): ")
+    assert "ClientAppException" in line.split(":")[1]
+    assert line.endswith("Message: No train function registered with name 'default'")
 
 
 def test_error_reason_is_one_line() -> None:
