@@ -13,30 +13,40 @@ ending as if it had succeeded.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Result
 
-from edgekd.strategies.common import FederationError, error_reason
+from edgekd.strategies.common import FederationError, RoundReports, error_reason
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = ["CheckedFedAvg", "CheckedFedProx", "build_fedavg", "build_fedprox"]
 
 
-class _FailsWithoutClients(FedAvg):
-    """FedAvg that raises :class:`FederationError` when no client trained in any round."""
+class _FailsWithoutClients(RoundReports, FedAvg):
+    """FedAvg that reports failed clients and raises :class:`FederationError` when no client
+    trained in any round."""
 
     name = "fedavg"
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's aggregation; the error replies' reasons are kept for the final check."""
+        """Flower's aggregation; each error reply is logged and reported (``train-failures``,
+        node id -> reason) and its reason kept for the final check."""
         replies = list(replies)
-        reasons = self.__dict__.setdefault("_reasons", [])
-        reasons.extend(error_reason(r) for r in replies if r.has_error())
+        failures = {
+            str(r.metadata.src_node_id): str(error_reason(r)) for r in replies if r.has_error()
+        }
+        for node, reason in failures.items():
+            log(WARNING, "%s: round %s: node %s failed: %s", self.name, server_round, node, reason)
+        if failures:
+            self.report(server_round, {"train-failures": failures})
+        self.__dict__.setdefault("_reasons", []).extend(failures.values())
         return super().aggregate_train(server_round, replies)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:

@@ -150,3 +150,25 @@ def test_no_node_can_train_fails_the_run_with_one_line(
     assert "No train function registered" in message
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["error"] == message
+
+
+def test_fedavg_reports_the_clients_that_failed(
+    tiny_npz: Path, tmp_path: Path, plain_client_app: ClientApp
+) -> None:
+    """FedAvg averages the clients that trained and reports the others with their reasons.
+
+    Prepare: 3 nodes, partition 1 without a train handler; FedAvg, 2 rounds.
+    Execute: run_experiment.
+    Assert: every round's row has train-failures {partition 1's node id: Flower's "No train
+    function registered" reason}; the model still changes every round.
+    """
+    run_config = _run_config(tiny_npz, tmp_path, "fedavg")
+    grid = InProcessGrid(_partly_unsupported(plain_client_app), run_config, num_nodes=3)
+    run_experiment(grid, run_config, tmp_path / "run")
+
+    rows = _rows(tmp_path / "run")
+    for server_round in (1, 2):
+        ((node, reason),) = rows[server_round]["train-failures"].items()
+        assert node == str(grid.node_id_of(1))
+        assert "No train function registered" in reason
+        assert rows[server_round]["test-loss"] != rows[server_round - 1]["test-loss"]
