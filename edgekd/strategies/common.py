@@ -182,6 +182,9 @@ class NodeMapper:
     settle : float, optional
         Seconds the set of connected nodes must stay unchanged, every one of them answered,
         before the mapping ends with fewer nodes than expected (default 5).
+    whoami_timeout : float, optional
+        Seconds to wait for a node's ``query.whoami`` reply (default 60); a node that does not
+        answer in time is an edge without a partition id.
 
     Notes
     -----
@@ -197,10 +200,13 @@ class NodeMapper:
     or ``timeout`` passes.
     """
 
-    def __init__(self, expected: int, name: str, *, settle: float = 5.0) -> None:
+    def __init__(
+        self, expected: int, name: str, *, settle: float = 5.0, whoami_timeout: float = 60.0
+    ) -> None:
         self.expected = expected
         self.name = name
         self.settle = settle
+        self.whoami_timeout = whoami_timeout
         self.node_of_partition: dict[int, int] = {}
         self.unmapped: dict[int, str] = {}
         self.reported_partitions: set[int] = set()
@@ -225,7 +231,7 @@ class NodeMapper:
         """Learn the edges within ``timeout`` seconds; return them in edge order."""
         deadline = time.monotonic() + timeout
         if self._pending:
-            self._collect_pending(grid, timeout=min(60.0, timeout))
+            self._collect_pending(grid, timeout=min(self.whoami_timeout, timeout))
         nodes: set[int] = set()
         stable_since = time.monotonic()
         while True:
@@ -233,9 +239,7 @@ class NodeMapper:
             if connected != nodes:
                 nodes, stable_since = connected, time.monotonic()
             asked = set(self.node_of_partition.values()) | set(self.unmapped)
-            messages = [self._whoami(node) for node in sorted(connected - asked)]
-            for reply in grid.send_and_receive(messages, timeout=60) if messages else []:
-                self._record(reply)
+            self._ask(grid, sorted(connected - asked))
             answered = set(self.node_of_partition.values()) | set(self.unmapped)
             wanted = max(self.reported_partitions, default=self.expected)
             settled = len(connected) >= wanted or time.monotonic() - stable_since >= self.settle
@@ -245,6 +249,18 @@ class NodeMapper:
         self.mapped = True
         self._log_mapping()
         return self.edges
+
+    def _ask(self, grid: Grid, nodes: list[int]) -> None:
+        """Ask ``nodes`` who they are; one that does not answer in time stays an edge."""
+        if not nodes:
+            return
+        messages = [self._whoami(n) for n in nodes]
+        for reply in grid.send_and_receive(messages, timeout=self.whoami_timeout):
+            self._record(reply)
+        for node in nodes:
+            if node not in self.unmapped and node not in self.node_of_partition.values():
+                reason = f"no reply to {WHOAMI_TYPE} within {self.whoami_timeout:g} s"
+                self.unmapped[node] = reason
 
     def _log_mapping(self) -> None:
         log(

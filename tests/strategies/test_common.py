@@ -102,6 +102,28 @@ def test_nodes_without_whoami_are_edges_in_node_id_order() -> None:
     assert all("No query function registered" in r for r in mapper.unmapped.values())
 
 
+def test_node_that_never_answers_whoami_is_still_an_edge() -> None:
+    """A node whose whoami reply does not come within the whoami timeout is still an edge.
+
+    Prepare: 3 nodes; partition 0's whoami reply is held back forever; whoami timeout 0.3 s.
+    Execute: map.
+    Assert: partitions 1 and 2 mapped and first; partition 0's node last, its reason naming
+    the timeout; the mapping took far less than the overall timeout.
+    """
+
+    def hold(message: Message) -> int:
+        held = message.metadata.dst_node_id == grid.node_id_of(0)
+        return 10**9 if held and message.metadata.message_type == "query.whoami" else 0
+
+    grid = InProcessGrid(_whoami_app(set()), {}, num_nodes=3, delay_pulls=hold)
+    mapper = NodeMapper(3, "test", whoami_timeout=0.3)
+    started = time.monotonic()
+    edges = mapper.map(grid, timeout=60)
+    assert time.monotonic() - started < 10
+    assert edges == [grid.node_id_of(1), grid.node_id_of(2), grid.node_id_of(0)]
+    assert "no reply to query.whoami within 0.3 s" in mapper.unmapped[grid.node_id_of(0)]
+
+
 def test_partition_claimed_twice_keeps_both_nodes() -> None:
     """Two nodes claiming the same partition are both edges; the second one is unmapped.
 
