@@ -4,7 +4,8 @@
 like :mod:`edgekd.launch`, but delivers the messages through
 :class:`edgekd.inprocess.InProcessGrid` instead of a SuperLink and Ray. Like ``flwr run``, it
 refuses a key the app does not define (a plugin's own keys excepted, see
-:mod:`edgekd.strategies.registry`); a bad key or value exits with status 2 and one line.
+:mod:`edgekd.strategies.registry`); a bad key or value exits with status 2 and one line, a run
+in which no client could take part with status 1 and one line naming why.
 Used for reproductions that run many short experiments on a small machine, and as the
 "raw loop" side of the overhead benchmark.
 
@@ -35,6 +36,7 @@ from edgekd.launch import (
     effective_run_config,
 )
 from edgekd.runner import check_run_config, make_output_dir, run_experiment
+from edgekd.strategies.common import FederationError
 from edgekd.training import set_torch_threads
 
 __all__ = ["main", "run_local"]
@@ -92,12 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, LaunchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = run_local(
-        config,
-        Path(args.out_dir) if args.out_dir else None,
-        threads=args.threads,
-        workers=args.workers,
-    )
+    try:
+        out = run_local(
+            config,
+            Path(args.out_dir) if args.out_dir else None,
+            threads=args.threads,
+            workers=args.workers,
+        )
+    except FederationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(out)
     return 0
 

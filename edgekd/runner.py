@@ -6,14 +6,16 @@ loads the data before any round starts (bad names, missing files and impossible 
 fail here with one clear error) and logs the class histogram of every partition;
 :func:`run_experiment` runs the strategy and, as the only writer of results, records what it
 reports and returns: ``metrics.csv``, ``metrics.json``, ``accuracy.png``, ``partitions.json``,
-``config.json``, ``summary.json`` and the strategy's own JSON files.
+``config.json``, ``summary.json`` and the strategy's own JSON files. A run in which no client
+took part (:class:`edgekd.strategies.common.FederationError`) records the reason in
+``summary.json`` (``error``) and raises it: under ``flwr run`` the run then fails.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from edgekd.strategies import (
     resolve_strategy,
     section_keys,
 )
+from edgekd.strategies.common import FederationError
 from edgekd.training import evaluate, set_torch_threads
 
 __all__ = [
@@ -200,14 +203,19 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> 
             "weight-decay": cfg.weight_decay,
         }
     )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
-        train_config=train_config,
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=round_end,
-    )
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_server_rounds,
+            train_config=train_config,
+            evaluate_config=ConfigRecord(),
+            evaluate_fn=round_end,
+        )
+    except FederationError as err:  # no client took part: a failed run, never a result
+        log(ERROR, "edgekd: run failed: %s", err)
+        recorder.save_json("summary.json", {**_summary(cfg, recorder), "error": str(err)})
+        raise
     round_end.save_run_files()
     for server_round, metrics in result.train_metrics_clientapp.items():
         row = recorder.rounds.get(server_round, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,16 @@ def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+PLAIN_CLIENT = Path(__file__).resolve().parent / "apps" / "plain_flower_client.py"
+
+
+@pytest.fixture
+def plain_client_app() -> object:
+    """The Flower-only ClientApp of ``tests/apps/plain_flower_client.py`` (a fresh import)."""
+    spec = importlib.util.spec_from_file_location("plain_flower_client", PLAIN_CLIENT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app

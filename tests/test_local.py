@@ -124,3 +124,33 @@ def test_run_local_writes_the_run(tiny_npz: Path, tmp_path: Path) -> None:
     assert [row["round"] for row in rows] == [0, 1]
     assert all(0.0 <= row["test-acc"] <= 1.0 for row in rows)
     assert json.loads((out / "config.json").read_text())["num-partitions"] == 3
+
+
+def test_run_where_every_node_fails_exits_1_with_the_reason(
+    tiny_npz: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When no node can train, ``python -m edgekd.local`` exits 1 with one line naming why.
+
+    Prepare: the nodes run a ClientApp with no handler (every message is Flower's "No train
+    function registered" error reply); cloned distillation CPP, 2 edges, 2 rounds.
+    Execute: edgekd.local.main.
+    Assert: exit status 1; stderr is one line "error: cloned-distillation: no edge returned a
+    model in any of 2 round(s) ..." naming Flower's reason.
+    """
+    from flwr.clientapp import ClientApp
+
+    monkeypatch.setattr("edgekd.local.client_app", ClientApp())
+    overrides = (
+        f"strategy='cloned-distillation' cd-variant='CPP' dataset='npz' npz-path='{tiny_npz}' "
+        "core-fraction=0.25 num-partitions=2 num-server-rounds=2 cd-core-epochs=1 "
+        f"cd-distill-epochs=1 batch-size=16 output-dir='{tmp_path}'"
+    )
+    code = main([str(ROOT), "--run-config", overrides, "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1, err
+    assert err.startswith("error: cloned-distillation: no edge returned a model in any of 2 ")
+    assert "No train function registered" in err

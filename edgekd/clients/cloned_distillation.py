@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from edgekd.cache import TrainingCache, run_description, state_digest
-from edgekd.clients.node import NODE_DATA_KEY, model_for_arrays, node_data, node_partition
+from edgekd.clients.node import NODE_DATA_KEY, model_for_arrays, node_data, node_experiment
 from edgekd.config import ExperimentConfig, SimulatedEdges, config_value
 from edgekd.experiment import TensorData
 from edgekd.protocol import cloned_distillation as proto
@@ -182,9 +182,8 @@ def _train_member(
 
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this node's partition and reply with the trained arrays."""
-    cfg = ExperimentConfig.from_run_config(context.run_config)
+    cfg, partition_id = node_experiment(context)
     set_torch_threads(cfg.client_threads)
-    partition_id = node_partition(context, cfg)
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
     local = LocalTrainConfig.from_message(config, cfg, partition_id)
     data = node_data(context, cfg, partition_id)
@@ -225,9 +224,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this node's own data."""
-    cfg = ExperimentConfig.from_run_config(context.run_config)
+    cfg, partition_id = node_experiment(context)
     set_torch_threads(cfg.client_threads)
-    partition_id = node_partition(context, cfg)
     data = node_data(context, cfg, partition_id)
     state = msg.content.array_records[ARRAYS].to_torch_state_dict()
     model = model_for_arrays(cfg, state, data)

@@ -42,7 +42,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from edgekd.clients.node import node_partition
+from edgekd.clients.node import node_experiment
 from edgekd.config import ExperimentConfig, config_value
 from edgekd.datasets import BatchLoader
 from edgekd.experiment import TensorData, client_data, load_bundle, test_data
@@ -314,10 +314,10 @@ def _indices(record: ArrayRecord, pool_size: int) -> np.ndarray:
 
 
 def _setup(msg: Message, context: Context) -> tuple[ExperimentConfig, FedMDSetup, int]:
-    cfg = ExperimentConfig.from_run_config(context.run_config)
+    cfg, partition_id = node_experiment(context)
     set_torch_threads(cfg.client_threads)
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
-    return cfg, FedMDSetup.from_config(config), node_partition(context, cfg)
+    return cfg, FedMDSetup.from_config(config), partition_id
 
 
 def query_scores(msg: Message, context: Context) -> Message:

@@ -1,10 +1,14 @@
 """Who this node is and what data it holds: partition, training data, model shape.
 
-Every client handler starts here. A node learns its partition from
-``context.node_config["partition-id"]``. A real device whose data is its own sets ``npz-path``
-in its node config (``--node-config "partition-id=3 num-partitions=9
-npz-path='/data/mine.npz'"``): it then trains on the whole train split of that file,
-normalised with that file's own statistics, and builds its model from the received arrays
+Every client handler starts here (:func:`node_experiment`). A node learns its partition from
+``context.node_config["partition-id"]`` and, as in Flower's examples, how many partitions the
+data is cut into from ``context.node_config["num-partitions"]``: the node config decides
+(Flower's simulation engine sets both, ``num-partitions`` = the number of simulated
+SuperNodes, so ``flwr run`` with any ``num-supernodes`` works); the run config's
+``num-partitions`` applies only to a node whose node config has none. A real device whose
+data is its own sets ``npz-path`` in its node config (``--node-config "partition-id=3
+num-partitions=9 npz-path='/data/mine.npz'"``): it then trains on the whole train split of that
+file, normalised with that file's own statistics, and builds its model from the received arrays
 (classes from the output layer, channels from its images), so the run's data set does not
 have to exist on the device. Data that is missing or malformed is logged as an ERROR naming
 the partition, the file and the problem, and the message is answered with an error reply: the
@@ -14,6 +18,7 @@ server leaves the node out and the run goes on.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from logging import ERROR
 from typing import Any
 
@@ -33,6 +38,7 @@ __all__ = [
     "NodeDataError",
     "model_for_arrays",
     "node_data",
+    "node_experiment",
     "node_partition",
     "register",
     "whoami",
@@ -42,7 +48,10 @@ NODE_DATA_KEY = "npz-path"
 
 
 def node_partition(context: Context, cfg: ExperimentConfig) -> int:
-    """This node's ``partition-id``, checked against ``num-partitions``."""
+    """This node's ``partition-id``, checked against its ``num-partitions``.
+
+    ``num-partitions`` is the node config's, else ``cfg.num_partitions`` (the run config).
+    """
     node_config = context.node_config
     if PARTITION_ID not in node_config:
         raise ValueError(
@@ -51,13 +60,27 @@ def node_partition(context: Context, cfg: ExperimentConfig) -> int:
         )
     partition_id = int(node_config[PARTITION_ID])
     num_partitions = int(node_config.get(NUM_PARTITIONS, cfg.num_partitions))
-    if num_partitions != cfg.num_partitions:
+    if not 0 <= partition_id < num_partitions:
         raise ValueError(
-            f"node num-partitions={num_partitions} differs from run config "
-            f"num-partitions={cfg.num_partitions}; give the simulation as many SuperNodes "
-            "as partitions (num-supernodes) or set num-partitions to match"
+            f"node partition-id={partition_id} is out of range for num-partitions="
+            f"{num_partitions} (node config, else run config)"
         )
     return partition_id
+
+
+def node_experiment(context: Context) -> tuple[ExperimentConfig, int]:
+    """The run config as this node uses it, and its partition id.
+
+    The node config's ``num-partitions`` (when present) replaces the run config's, so the
+    node's data is partition ``partition-id`` of the partitioning its node config names.
+    """
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    if NUM_PARTITIONS in context.node_config:
+        num_partitions = int(context.node_config[NUM_PARTITIONS])
+        if num_partitions < 1:
+            raise ValueError(f"node num-partitions must be >= 1, got {num_partitions}")
+        cfg = replace(cfg, num_partitions=num_partitions)
+    return cfg, node_partition(context, cfg)
 
 
 class NodeDataError(RuntimeError):
@@ -120,8 +143,7 @@ def model_for_arrays(
 
 def whoami(msg: Message, context: Context) -> Message:
     """``query.whoami``: report this node's partition so that a server can address it."""
-    cfg = ExperimentConfig.from_run_config(context.run_config)
-    partition_id = node_partition(context, cfg)
+    cfg, partition_id = node_experiment(context)
     metrics = MetricRecord(
         {
             PARTITION_ID: partition_id,

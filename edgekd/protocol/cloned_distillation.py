@@ -24,11 +24,22 @@ Train reply:
   a lagging edge; 0.0 for none). The asynchronous strategy reads both to report which edges
   were noisy or late.
 
+The plain form (any Flower ClientApp): a reply whose metrics have no ``ensemble-size`` is
+one model, whatever ``ensemble-size`` was asked: exactly one ArrayRecord (``"arrays"`` by
+convention; Flower's FedAvg reads it under any name) with the state dict of the received
+model, and a
+MetricRecord (``"metrics"`` by convention) with ``num-examples``; every other key is optional.
+Cloned distillation uses it as one teacher (M and the memory as usual), ``core-fedavg`` as
+the edge's model. A reply with an error, without arrays, with other array names or shapes
+than the sent model, or with NaN/inf values is refused with that reason in the round's
+report (``edge-status``).
+
 Evaluate request/reply: the same ``arrays``/``config`` in; ``metrics`` with ``num-examples``,
 ``eval-loss``, ``eval-acc`` and ``partition-id`` out: the received model's accuracy on the
 node's own data (the paper's "core accuracy on edge data", Fig. 9).
 
-A node also answers ``query.whoami`` (:mod:`edgekd.protocol.common`).
+An edgekd node also answers ``query.whoami`` (:mod:`edgekd.protocol.common`); a node that
+does not is still an edge (ordered after those that answer, by node id).
 """
 
 from __future__ import annotations

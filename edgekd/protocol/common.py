@@ -5,8 +5,10 @@ per-message settings and the reply's numbers; ``"query.whoami"`` lets a server m
 partitions to node ids. Each method's format is in its own module of :mod:`edgekd.protocol`.
 
 Query ``"query.whoami"``: no content needed; the reply's ``metrics`` holds ``partition-id``,
-``num-partitions`` and ``num-examples`` (the node's training examples), so a server can
-address a chosen partition (node ids are random; only the node knows its partition).
+``num-partitions`` (the node's: its node config's, else the run config's) and
+``num-examples`` (the node's training examples), so a server can order the edges by
+partition (node ids are random; only the node knows its partition). Optional for every
+strategy: a node that does not answer it is still an edge, ordered by node id.
 """
 
 from __future__ import annotations

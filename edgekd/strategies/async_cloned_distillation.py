@@ -28,12 +28,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from edgekd.config import ExperimentConfig, Rules, check_fields, parse_section
-from edgekd.protocol import METRICS
 from edgekd.strategies.cloned_distillation import (
     ClonedDistillation,
     ClonedDistillationConfig,
 )
-from edgekd.strategies.common import scalar_metrics
+from edgekd.strategies.common import reply_metrics, scalar_metrics
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = ["AsyncClonedDistillation", "AsyncConfig", "staleness_weight"]
@@ -130,6 +129,8 @@ class AsyncClonedDistillation(ClonedDistillation):
     returned edge (dispatch round, consumed round, staleness, weight, status).
     """
 
+    strategy_name = "async-cloned-distillation"
+
     def __init__(
         self,
         config: ExperimentConfig,
@@ -208,7 +209,7 @@ class AsyncClonedDistillation(ClonedDistillation):
         metrics = self._distill_round(
             current_round, edge, teachers, staleness=staleness, weight=weight
         )
-        edge_metrics = reply.content[METRICS]
+        edge_metrics = reply_metrics(reply)
         metrics.setdefault("edge-status", "ok")
         metrics["status"] = metrics.pop("edge-status")
         metrics["edge-train-acc"] = float(edge_metrics.get("train-acc", float("nan")))
@@ -277,6 +278,7 @@ class AsyncClonedDistillation(ClonedDistillation):
             if evaluate_fn is not None:
                 result.evaluate_metrics_serverapp[server_round] = evaluate_fn(server_round, arrays)
         self._finish(grid, num_rounds, result, evaluate_fn)
+        self.check_edges_trained(num_rounds)
         return result
 
     def _async_round(
@@ -286,6 +288,8 @@ class AsyncClonedDistillation(ClonedDistillation):
         ``async-round-wait`` passed; the round's metrics."""
         messages = list(self.configure_train(server_round, arrays, config, grid))
         edge = self._current_edge if self._current_edge is not None else -1
+        if not messages:
+            self.edge_failures.append("no node is connected")
         ids = list(grid.push_messages(messages))
         for message_id in ids:
             self.pending[message_id] = _Pending(server_round, edge, time.monotonic())

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,17 +38,19 @@ from edgekd.distillation import DistillPool, distill, make_distill_pool, pool_lo
 from edgekd.experiment import TensorData, build_experiment_model, core_data, test_data
 from edgekd.metrics import consensus_change, prediction_consensus
 from edgekd.models import EdgeKDModel
-from edgekd.protocol import ARRAYS, CONFIG, METRICS
+from edgekd.protocol import ARRAYS, CONFIG
 from edgekd.seeds import derive_seed
 from edgekd.strategies.cloned_distillation_config import (
     ClonedDistillationConfig,
     parse_variant,
 )
 from edgekd.strategies.common import (
+    FederationError,
     NodeMapper,
     RoundReports,
     instruction,
     reply_members,
+    reply_metrics,
     scalar_metrics,
 )
 from edgekd.strategies.core_model import train_on_core
@@ -76,10 +78,18 @@ class ClonedDistillation(RoundReports, Strategy):
     -----
     The client must implement :mod:`edgekd.protocol.cloned_distillation`: train the received
     arrays (or a fresh model when ``init == "scratch"``) ``ensemble-size`` times with different
-    batch orders and return all members in one reply. The core data and the core model never
-    leave the server; only edge models travel. Per round, :meth:`round_report` holds the core
+    batch orders and return all members in one reply; a plain Flower ClientApp's reply (one
+    model in ``arrays``, ``num-examples`` in its metrics) is one teacher. The edges are the
+    grid's nodes (:class:`edgekd.strategies.common.NodeMapper`), in partition order where
+    they answer ``query.whoami``. The core data and the core model never leave the server;
+    only edge models travel. Per round, :meth:`round_report` holds the edge (``edge``: its
+    index in the edge order, ``edge-node``), its status (``ok`` or why it failed), the core
     accuracy before/after distillation, the teacher accuracies and the consensus statistics.
+    A run in which no edge returned a usable model in any round raises
+    :class:`edgekd.strategies.common.FederationError` naming the reasons.
     """
+
+    strategy_name: ClassVar[str] = NAME
 
     def __init__(self, config: ExperimentConfig, cd_config: ClonedDistillationConfig) -> None:
         if config.core_fraction <= 0:
@@ -99,6 +109,8 @@ class ClonedDistillation(RoundReports, Strategy):
         self._flip = self.test.x.shape[-1] >= 16
         self._current_edge: int | None = None
         self._current_round_sent: float = 0.0
+        self.edges_trained = 0
+        self.edge_failures: list[str] = []
 
     @property
     def memory(self) -> deque[EdgeTeacher]:
@@ -132,8 +144,12 @@ class ClonedDistillation(RoundReports, Strategy):
         )
 
     def edge_for_round(self, server_round: int) -> int:
-        """Partition id met in ``server_round`` (1-based): each edge once per pass."""
-        edges = self.config.num_partitions
+        """Index of the edge met in ``server_round`` (1-based): each edge once per pass.
+
+        Edges are counted once the nodes are mapped (before: ``num-partitions``); with every
+        node answering ``query.whoami`` for partitions 0..N-1 the index is the partition id.
+        """
+        edges = len(self.nodes.edges) if self.nodes.mapped else self.config.num_partitions
         pass_index, position = divmod(server_round - 1, edges)
         if self.cd.edge_order == "round-robin":
             return position
@@ -193,13 +209,14 @@ class ClonedDistillation(RoundReports, Strategy):
         if self.cd.is_control:
             self._current_edge = None
             return []
-        if not self.node_of_partition:
+        if not self.nodes.mapped:
             self.nodes.map(grid, self.cd.round_timeout)
+        if not self.nodes.edges:
+            self._current_edge = None
+            log(WARNING, "%s: round %s: no node is connected; skipped", NAME, server_round)
+            return []
         edge = self.edge_for_round(server_round)
         self._current_edge = edge
-        if edge not in self.node_of_partition:
-            log(WARNING, "%s: round %s: edge %s has no node; skipped", NAME, server_round, edge)
-            return []
         if self.cd.edge_init == "independent" and self.independent is not None:
             send = self._state(self.independent)
         else:
@@ -213,13 +230,23 @@ class ClonedDistillation(RoundReports, Strategy):
         )
         content = RecordDict({ARRAYS: send, CONFIG: train_config})
         self._current_round_sent = time.monotonic()
-        node = self.node_of_partition[edge]
+        node = self.nodes.edges[edge]
         return [instruction(content, MessageType.TRAIN, node, str(server_round))]
 
     def _teachers_from_reply(self, reply: Message) -> list[EdgeKDModel]:
-        """Load and validate every returned model; raise ValueError naming what is wrong."""
+        """Load and validate every returned model; raise ValueError naming what is wrong.
+
+        Counts the edges that returned usable models and remembers why the others failed
+        (:meth:`check_edges_trained`).
+        """
         teachers = []
-        for state in reply_members(reply, self.cd.ensemble_size, self.model.state_dict()):
+        try:
+            states = reply_members(reply, self.cd.ensemble_size, self.model.state_dict())
+        except ValueError as err:
+            self.edge_failures.append(str(err))
+            raise
+        self.edges_trained += 1
+        for state in states:
             teacher = build_experiment_model(self.config)
             teacher.load_state_dict(state, strict=True)
             teacher.eval()
@@ -235,10 +262,15 @@ class ClonedDistillation(RoundReports, Strategy):
         metrics: dict[str, Any] = {"edge": edge if edge is not None else -1}
         if self.cd.is_control:
             metrics.update(self._control_round(server_round))
+        elif edge is None:
+            metrics["edge-status"] = "no-edge: no node is connected"
+            self.edge_failures.append("no node is connected")
         elif not replies:
             log(WARNING, "%s: round %s: no reply from edge %s", NAME, server_round, edge)
             metrics["edge-status"] = "no-reply"
+            self.edge_failures.append(f"no reply from edge {edge} before the round timeout")
         else:
+            metrics["edge-node"] = str(replies[0].metadata.src_node_id)
             metrics.update(self._use_reply(server_round, edge or 0, replies[0]))
         self.report(server_round, metrics)
         if metrics["edge-status"] not in {"ok", "control"}:
@@ -252,7 +284,7 @@ class ClonedDistillation(RoundReports, Strategy):
         except ValueError as err:
             log(WARNING, "%s: round %s: rejected edge %s: %s", NAME, server_round, edge, err)
             return {"edge-status": f"rejected: {err}"}
-        edge_metrics = reply.content[METRICS]
+        edge_metrics = reply_metrics(reply)
         metrics: dict[str, Any] = {
             "edge-status": "ok",
             "edge-train-loss": float(edge_metrics.get("train-loss", math.nan)),
@@ -407,7 +439,23 @@ class ClonedDistillation(RoundReports, Strategy):
             self.nodes.request(grid)
         self.phase0()
         timeout = min(options.pop("timeout", 3600), self.cd.round_timeout)
-        return super().start(grid, self._state(self.model), timeout=timeout, **options)
+        result = super().start(grid, self._state(self.model), timeout=timeout, **options)
+        self.check_edges_trained(options.get("num_rounds", 3))
+        return result
+
+    def check_edges_trained(self, num_rounds: int) -> None:
+        """Raise :class:`FederationError` when no edge returned a usable model in any round.
+
+        The control variant contacts no edge and never fails here.
+        """
+        if self.cd.is_control or self.edges_trained > 0 or num_rounds < 1:
+            return
+        reasons = list(dict.fromkeys(self.edge_failures))
+        more = f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
+        raise FederationError(
+            f"{self.strategy_name}: no edge returned a model in any of {num_rounds} round(s) "
+            f"({len(self.nodes.edges)} edge(s)): {'; '.join(reasons[:3]) or 'no reply'}{more}"
+        )
 
 
 @register_strategy("cloned-distillation", sections={"cd-": ClonedDistillationConfig})

@@ -2,9 +2,13 @@
 
 - :func:`instruction` builds a message for one chosen node (Flower's ``Message`` constructor;
   ``Grid.create_message`` is deprecated).
-- :class:`NodeMapper` maps partition ids to node ids with ``query.whoami``
-  (:mod:`edgekd.protocol.common`): node ids are random, only a node knows its partition.
-- :func:`error_reason` turns an error reply into one loggable line.
+- :class:`NodeMapper` lists the edges: every node of the grid, ordered by the partition it
+  reports to ``query.whoami`` (:mod:`edgekd.protocol.common`) when it answers, else by node id
+  (node ids are random, only a node knows its partition; a plain Flower ClientApp does not
+  answer ``whoami`` and is an edge all the same).
+- :func:`error_reason` turns an error reply into one loggable line; :func:`reply_members`
+  reads a train reply, edgekd's ensemble form or a plain Flower ClientApp's one model.
+- :class:`FederationError` ends a run in which no edge/client could take part.
 - :class:`RoundReports` is what a strategy exposes to the server, the only writer of results:
   per-round details (:meth:`RoundReports.round_report`), extra JSON files
   (:meth:`RoundReports.run_files`) and the metrics its accuracy plot draws
@@ -13,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from logging import INFO, WARNING
@@ -23,15 +28,18 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from edgekd.protocol import METRICS, WHOAMI, member_key
+from edgekd.protocol import ARRAYS, METRICS, WHOAMI, member_key
+from edgekd.protocol.common import NUM_PARTITIONS, PARTITION_ID
 
 __all__ = [
+    "FederationError",
     "NodeMapper",
     "RoundReports",
     "content_bytes",
     "error_reason",
     "instruction",
     "reply_members",
+    "reply_metrics",
     "scalar_metrics",
 ]
 
@@ -47,33 +55,71 @@ def error_reason(reply: Message, *, last_line: bool = False) -> str | None:
     """``"error reply (code C): <line>"`` for an error reply, else None.
 
     ``<line>`` is the first line of Flower's error reason (the last with ``last_line``: the
-    exception of a traceback).
+    exception of a traceback); Flower's ``<class 'X'>:<'...'>`` form of a ClientApp's
+    exception becomes ``X: <its message line>``.
     """
     if not reply.has_error():
         return None
-    lines = (reply.error.reason or "").strip().splitlines()
-    line = (lines[-1] if last_line else lines[0]) if lines else ""
-    return f"error reply (code {reply.error.code}): {line}"
+    return f"error reply (code {reply.error.code}): {_reason_line(reply, last_line)}"
+
+
+_FLOWER_REASON = re.compile(r"^<class '([^']*)'>:<'(.*)'>$", re.DOTALL)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason_line(reply: Message, last_line: bool = False) -> str:
+    """One line of an error reply's reason.
+
+    Flower's runtimes write a ClientApp's exception as ``<class 'X'>:<'text'>`` (in Ray,
+    ``text`` is a whole traceback ending in ``... Message: <what the ClientApp raised>``):
+    that becomes ``X: <the last "Message:" line, else the last line>``.
+    """
+    text = _ANSI.sub("", reply.error.reason or "").strip()
+    match = _FLOWER_REASON.match(text)
+    if match:
+        inner = [line.strip() for line in match.group(2).splitlines() if line.strip()]
+        messages = [line for line in inner if "Message: " in line] or inner or [""]
+        return f"{match.group(1).rsplit('.', 1)[-1]}: {messages[-1]}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if last_line else lines[0]) if lines else ""
+
+
+def reply_metrics(reply: Message) -> Mapping[str, Any]:
+    """The reply's ``metrics`` record (or its only MetricRecord, as Flower's FedAvg reads it);
+    empty when it has none."""
+    records = reply.content.metric_records
+    if METRICS in records:
+        return records[METRICS]
+    return next(iter(records.values())) if len(records) == 1 else {}
 
 
 def reply_members(
     reply: Message, ensemble_size: int, reference: Mapping[str, torch.Tensor]
 ) -> list[dict[str, torch.Tensor]]:
-    """The ``ensemble-size`` model states of a train reply, checked against ``reference``.
+    """The model states of a train reply, checked against ``reference``.
 
-    Raises ``ValueError`` naming what is wrong: an error reply, no ``metrics``, another
-    ``ensemble-size``, a missing member (:func:`edgekd.protocol.member_key`), other array
-    names or shapes than ``reference``, or NaN/inf values.
+    Two forms are valid (:mod:`edgekd.protocol.cloned_distillation`): edgekd's, whose
+    ``metrics`` carry ``ensemble-size`` (it must equal ``ensemble_size``) and whose members
+    are ``arrays``, ``arrays-1``, ...; and a plain Flower ClientApp's, without
+    ``ensemble-size``: exactly one ArrayRecord (``arrays`` by convention), one model (one
+    teacher, whatever ``ensemble_size`` was asked). Raises ``ValueError`` naming what is
+    wrong: an error reply, another ``ensemble-size``, a missing member or no arrays, other
+    array names or shapes than ``reference``, or NaN/inf values.
     """
     if reply.has_error():
-        raise ValueError(
-            f"edge replied with error {reply.error.code}: "
-            f"{(reply.error.reason or '').splitlines()[:1]}"
-        )
+        raise ValueError(f"edge replied with error {reply.error.code}: {_reason_line(reply)}")
     content = reply.content
-    if METRICS not in content.metric_records:
-        raise ValueError("reply has no 'metrics' record")
-    raw_size = content[METRICS].get("ensemble-size", 1)
+    raw_size = reply_metrics(reply).get("ensemble-size")
+    if raw_size is None:
+        records = content.array_records
+        if len(records) != 1:
+            raise ValueError(
+                f"reply has {len(records)} ArrayRecords and no 'ensemble-size' metric "
+                "(a plain train reply carries exactly one model)"
+            )
+        state = next(iter(records.values())).to_torch_state_dict()
+        _check_state(ARRAYS, state, reference)
+        return [state]
     if not isinstance(raw_size, int | float) or raw_size != ensemble_size:
         raise ValueError(f"reply has ensemble-size {raw_size!r}, expected {ensemble_size}")
     states = []
@@ -114,30 +160,66 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> MetricRecord:
     return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
 
 
+class FederationError(RuntimeError):
+    """No client could take part in a run: it ends with this one-line reason, never silently.
+
+    Raised by a strategy after its rounds when not one edge/client was reached or trained
+    (the ServerApp then fails, ``flwr run``'s status says why, and :mod:`edgekd.launch` and
+    :mod:`edgekd.local` exit non-zero with this line).
+    """
+
+
 class NodeMapper:
-    """The partition -> node map of a run, learnt from ``query.whoami`` replies.
+    """The edges of a run: the grid's nodes, ordered by the partition each reports.
 
     Parameters
     ----------
     expected : int
-        The number of partitions (``num-partitions``).
+        The run config's ``num-partitions``: how many nodes to wait for when no node
+        reports its own ``num-partitions`` in ``query.whoami``.
     name : str
         The strategy name, used in log lines.
+    settle : float, optional
+        Seconds the set of connected nodes must stay unchanged, every one of them answered,
+        before the mapping ends with fewer nodes than expected (default 5).
+    whoami_timeout : float, optional
+        Seconds to wait for a node's ``query.whoami`` reply (default 60); a node that does not
+        answer in time is an edge without a partition id.
 
     Notes
     -----
+    Every node of ``grid.get_node_ids()`` is an edge. ``query.whoami``
+    (:mod:`edgekd.protocol.common`) is an optional refinement: a node that reports its
+    ``partition-id`` is ordered by it; a node that answers with an error (a plain Flower
+    ClientApp has no ``whoami`` handler), an unusable reply or a partition already claimed
+    is still an edge, ordered after the mapped ones by node id, its reason in ``unmapped``.
     :meth:`request` pushes the queries without waiting (a strategy can train meanwhile);
-    :meth:`map` collects those answers and asks the nodes not asked yet, until every
-    partition is mapped, or every connected node has answered (a node that answers with an
-    error is logged and left out: its partition gets no messages), or ``timeout`` passes.
+    :meth:`map` collects the answers and asks the nodes not asked yet until every connected
+    node answered and either as many nodes as expected are connected (the ``num-partitions``
+    the nodes report, else ``expected``) or the node set was stable for ``settle`` seconds;
+    or ``timeout`` passes.
     """
 
-    def __init__(self, expected: int, name: str) -> None:
+    def __init__(
+        self, expected: int, name: str, *, settle: float = 5.0, whoami_timeout: float = 60.0
+    ) -> None:
         self.expected = expected
         self.name = name
+        self.settle = settle
+        self.whoami_timeout = whoami_timeout
         self.node_of_partition: dict[int, int] = {}
-        self.failed: set[int] = set()
+        self.unmapped: dict[int, str] = {}
+        self.reported_partitions: set[int] = set()
+        self.excluded: dict[int, str] = {}
+        self.mapped = False
         self._pending: set[str] = set()
+
+    @property
+    def edges(self) -> list[int]:
+        """Node ids of the edges: mapped ones by partition id, then the others by node id."""
+        mapped = [node for _, node in sorted(self.node_of_partition.items())]
+        nodes = mapped + sorted(self.unmapped)
+        return [node for node in nodes if node not in self.excluded]
 
     def request(self, grid: Grid) -> None:
         """Push ``query.whoami`` to every connected node; :meth:`map` collects the answers."""
@@ -145,49 +227,86 @@ class NodeMapper:
         if messages:
             self._pending = set(grid.push_messages(messages))
 
-    def map(self, grid: Grid, timeout: float) -> dict[int, int]:
-        """Map every partition it can within ``timeout`` seconds; return the map."""
+    def map(self, grid: Grid, timeout: float) -> list[int]:
+        """Learn the edges within ``timeout`` seconds; return them in edge order."""
         deadline = time.monotonic() + timeout
         if self._pending:
-            self._collect_pending(grid, timeout=min(60.0, timeout))
-        while len(self.node_of_partition) < self.expected:
-            node_ids = list(grid.get_node_ids())
-            known = set(self.node_of_partition.values()) | self.failed
-            messages = [self._whoami(node) for node in node_ids if node not in known]
-            for reply in grid.send_and_receive(messages, timeout=60) if messages else []:
-                self._record(reply)
-            answered = set(self.node_of_partition.values()) | self.failed
-            if (
-                len(self.node_of_partition) >= self.expected
-                or (len(node_ids) >= self.expected and answered >= set(node_ids))
-                or time.monotonic() > deadline
-            ):
+            self._collect_pending(grid, timeout=min(self.whoami_timeout, timeout))
+        nodes: set[int] = set()
+        stable_since = time.monotonic()
+        while True:
+            connected = set(grid.get_node_ids())
+            if connected != nodes:
+                nodes, stable_since = connected, time.monotonic()
+            asked = set(self.node_of_partition.values()) | set(self.unmapped)
+            self._ask(grid, sorted(connected - asked))
+            answered = set(self.node_of_partition.values()) | set(self.unmapped)
+            wanted = max(self.reported_partitions, default=self.expected)
+            settled = len(connected) >= wanted or time.monotonic() - stable_since >= self.settle
+            if (connected and answered >= connected and settled) or time.monotonic() > deadline:
                 break
-            time.sleep(1.0)
+            time.sleep(0.5)
+        self.mapped = True
+        self._log_mapping()
+        return self.edges
+
+    def _ask(self, grid: Grid, nodes: list[int]) -> None:
+        """Ask ``nodes`` who they are; one that does not answer in time stays an edge."""
+        if not nodes:
+            return
+        messages = [self._whoami(n) for n in nodes]
+        for reply in grid.send_and_receive(messages, timeout=self.whoami_timeout):
+            self._record(reply)
+        for node in nodes:
+            if node not in self.unmapped and node not in self.node_of_partition.values():
+                reason = f"no reply to {WHOAMI_TYPE} within {self.whoami_timeout:g} s"
+                self.unmapped[node] = reason
+
+    def _log_mapping(self) -> None:
         log(
             INFO,
-            "%s: %s/%s partitions mapped to nodes (%s failed)",
+            "%s: %s edges (%s with a partition-id, %s without: ordered by node id)",
             self.name,
+            len(self.edges),
             len(self.node_of_partition),
-            self.expected,
-            len(self.failed),
+            len(self.unmapped),
         )
-        return self.node_of_partition
+        reported = sorted(self.reported_partitions)
+        if reported and reported != [self.expected]:
+            log(
+                WARNING,
+                "%s: nodes report num-partitions %s (their node config decides their data); "
+                "the run config's num-partitions=%s applies only to nodes without one",
+                self.name,
+                ", ".join(map(str, reported)),
+                self.expected,
+            )
 
-    def partition_of(self, reply: Message) -> int:
-        """The partition id of the node that sent ``reply`` (-1 when unknown)."""
-        node = reply.metadata.src_node_id
+    def exclude(self, node: int, reason: str) -> None:
+        """Stop addressing ``node`` (it is no longer an edge), for ``reason``."""
+        self.excluded[node] = reason
+
+    def label(self, node: int) -> int | str:
+        """The partition id of ``node``, or ``"node <id>"`` when it reported none."""
         for pid, node_id in self.node_of_partition.items():
             if node_id == node:
                 return pid
-        return -1
+        return f"node {node}"
+
+    def partition_of(self, reply: Message) -> int:
+        """The partition id of the node that sent ``reply`` (-1 when unknown)."""
+        label = self.label(reply.metadata.src_node_id)
+        return label if isinstance(label, int) else -1
+
+    def position(self, reply: Message) -> int:
+        """The sender's index in the edge order (``len(edges)`` when it is not an edge)."""
+        edges = self.edges
+        node = reply.metadata.src_node_id
+        return edges.index(node) if node in edges else len(edges)
 
     def messages(self, content: RecordDict, message_type: str, group_id: str) -> list[Message]:
-        """One message with ``content`` to every mapped node, in partition order."""
-        return [
-            instruction(content, message_type, node, group_id)
-            for _, node in sorted(self.node_of_partition.items())
-        ]
+        """One message with ``content`` to every edge, in edge order."""
+        return [instruction(content, message_type, node, group_id) for node in self.edges]
 
     def _whoami(self, node: int) -> Message:
         return instruction(RecordDict(), WHOAMI_TYPE, node, WHOAMI)
@@ -195,11 +314,24 @@ class NodeMapper:
     def _record(self, reply: Message) -> None:
         node = reply.metadata.src_node_id
         reason = error_reason(reply, last_line=True)
-        if reason is not None:
-            self.failed.add(node)
-            log(WARNING, "%s: node %s failed whoami: %s", self.name, node, reason)
-            return
-        self.node_of_partition[int(reply.content[METRICS]["partition-id"])] = node
+        if reason is None:
+            pid, reason = _reported_partition(reply)
+            if pid is not None and pid in self.node_of_partition:
+                reason = f"partition-id {pid} already claimed by node {self.node_of_partition[pid]}"
+            elif pid is not None:
+                self.node_of_partition[pid] = node
+                total = reply.content[METRICS].get(NUM_PARTITIONS)
+                if isinstance(total, int | float) and total > 0:
+                    self.reported_partitions.add(int(total))
+                return
+        self.unmapped[node] = reason or "no partition-id"
+        log(
+            INFO,
+            "%s: node %s has no partition-id (%s); it is still an edge, ordered by node id",
+            self.name,
+            node,
+            reason,
+        )
 
     def _collect_pending(self, grid: Grid, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -211,6 +343,16 @@ class NodeMapper:
                 break
             time.sleep(0.05)
         self._pending = set()
+
+
+def _reported_partition(reply: Message) -> tuple[int | None, str | None]:
+    """``(partition-id, None)`` from a whoami reply, or ``(None, why not)``."""
+    if METRICS not in reply.content.metric_records:
+        return None, "whoami reply has no 'metrics' record"
+    value = reply.content[METRICS].get(PARTITION_ID)
+    if not isinstance(value, int | float) or value < 0 or int(value) != value:
+        return None, f"whoami reply has no valid partition-id ({value!r})"
+    return int(value), None
 
 
 class RoundReports:

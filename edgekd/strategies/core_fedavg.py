@@ -24,9 +24,9 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from edgekd.protocol import METRICS
 from edgekd.seeds import derive_seed
 from edgekd.strategies.cloned_distillation import ClonedDistillation, ClonedDistillationConfig
+from edgekd.strategies.common import reply_metrics
 from edgekd.strategies.registry import StrategyContext, register_strategy
 from edgekd.training import evaluate, train_supervised
 
@@ -43,13 +43,15 @@ class CoreFedAvg(ClonedDistillation):
     ``cd-round-timeout``. Edges start as clones of the core, one model each, no memory.
     """
 
+    strategy_name = "core-fedavg"
+
     def _use_reply(self, server_round: int, edge: int, reply: Message) -> dict[str, Any]:
         """Average the edge's model with a core-data-trained clone of the core."""
         try:
             (edge_model,) = self._teachers_from_reply(reply)
         except ValueError as err:
             return {"edge-status": f"rejected: {err}"}
-        edge_examples = int(reply.content[METRICS].get("num-examples", 0))
+        edge_examples = int(reply_metrics(reply).get("num-examples", 0))
         if edge_examples <= 0:
             return {"edge-status": f"rejected: num-examples {edge_examples} is not positive"}
         before = evaluate(self.model, self.test.x, self.test.y).accuracy

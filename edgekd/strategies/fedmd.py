@@ -64,7 +64,13 @@ from edgekd.protocol.fedmd import (
     FedMDSetup,
     public_pool_size,
 )
-from edgekd.strategies.common import NodeMapper, RoundReports, content_bytes, error_reason
+from edgekd.strategies.common import (
+    FederationError,
+    NodeMapper,
+    RoundReports,
+    content_bytes,
+    error_reason,
+)
 from edgekd.strategies.fedmd_config import LOGIT_LOSSES, METHODS, WEIGHTINGS, FedMDConfig
 from edgekd.strategies.fedmd_consensus import ClientScores, check_scores, consensus
 from edgekd.strategies.registry import StrategyContext, register_strategy
@@ -127,9 +133,14 @@ class FedMD(RoundReports, Strategy):
     ``bytes-sent``/``bytes-received``, ``num-in-consensus`` and ``left-out`` (partition ->
     reason); :meth:`run_files` gives ``fedmd-setup.json``.
     The clients must implement the three actions of the module docstring (edgekd's ClientApp
-    does, see :mod:`edgekd.clients.fedmd`). Round 0 is the evaluation after the clients'
-    transfer learning. The ServerApp's central evaluation is skipped: there is no global model
-    (except for the FedAvg baseline, whose global model the clients evaluate).
+    does, see :mod:`edgekd.clients.fedmd`) and ``query.whoami``. A node that does not answer
+    round 0's ``evaluate.fedmd`` (an error reply: e.g. a plain Flower ClientApp without
+    FedMD's handlers) is left out of the run with a logged reason (``left-out-nodes`` in
+    round 0's report); fewer than two FedMD clients raise
+    :class:`edgekd.strategies.common.FederationError` naming how many answered. Round 0 is
+    the evaluation after the clients' transfer learning. The ServerApp's central evaluation
+    is skipped: there is no global model (except for the FedAvg baseline, whose global model
+    the clients evaluate).
     """
 
     accuracy_keys = ("uniform-acc-mean", "private-acc-mean")
@@ -248,9 +259,13 @@ class FedMD(RoundReports, Strategy):
         return replies
 
     def _by_partition(self, replies: Iterable[Message]) -> list[Message]:
-        """``replies`` in partition order: replies arrive in any order, and the consensus and
-        the means over clients must not depend on it (float sums are not associative)."""
-        return sorted(replies, key=self.nodes.partition_of)
+        """``replies`` in partition (edge) order: replies arrive in any order, and the
+        consensus and the means over clients must not depend on it (float sums are not
+        associative)."""
+        return sorted(replies, key=self.nodes.position)
+
+    def _label(self, reply: Message) -> int | str:
+        return self.nodes.label(reply.metadata.src_node_id)
 
     def _failed(self, what: str, server_round: int, reply: Message) -> str | None:
         """Log and return the reason when ``reply`` is an error, else None."""
@@ -261,10 +276,40 @@ class FedMD(RoundReports, Strategy):
                 "fedmd: round %s: %s of partition %s failed: %s",
                 server_round,
                 what,
-                self.nodes.partition_of(reply),
+                self._label(reply),
                 reason,
             )
         return reason
+
+    def admit_clients(self, replies: Iterable[Message]) -> dict[int | str, str]:
+        """Keep as clients the nodes that answered round 0's ``evaluate.fedmd``.
+
+        The others are left out of the run (logged); returns their reasons by partition.
+        Raises :class:`FederationError` when fewer than two clients remain.
+        """
+        reasons = {r.metadata.src_node_id: error_reason(r) for r in replies}
+        total = len(self.nodes.edges)
+        left_out: dict[int | str, str] = {}
+        for node in self.nodes.edges:
+            reason = reasons.get(node, "no reply before the timeout") or ""
+            if reason:
+                left_out[self.nodes.label(node)] = reason
+                self.nodes.exclude(node, reason)
+                log(
+                    WARNING,
+                    "fedmd: partition %s left out: it does not answer FedMD's %s: %s",
+                    self.nodes.label(node),
+                    MSG_EVALUATE,
+                    reason,
+                )
+        clients = len(self.nodes.edges)
+        if clients < 2:
+            first = next(iter(left_out.values()), "")
+            raise FederationError(
+                f"fedmd: {clients} of {total} node(s) answered FedMD's messages; FedMD needs "
+                f"at least 2 clients" + (f" (first reason: {first})" if first else "")
+            )
+        return left_out
 
     # ------------------------------------------------------------------ alignment / consensus
     def alignment_indices(self, server_round: int) -> np.ndarray:
@@ -288,7 +333,7 @@ class FedMD(RoundReports, Strategy):
 
     def aggregate_query(
         self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, dict[int, str]]:
+    ) -> tuple[ArrayRecord | None, dict[int | str, str]]:
         """Validate the scores, leave bad clients out and form the consensus.
 
         Returns the consensus record (None when no client is left) and the reasons of the
@@ -297,13 +342,15 @@ class FedMD(RoundReports, Strategy):
         indices = self.alignment_indices(server_round)
         r_dim = self.fedmd.representation_dim if self.fedmd.method == "LKD" else None
         accepted: list[ClientScores] = []
-        left_out: dict[int, str] = {}
+        left_out: dict[int | str, str] = {}
+        answered: set[int] = set()
         for reply in self._by_partition(replies):
             pid = self.nodes.partition_of(reply)
+            answered.add(reply.metadata.src_node_id)
             try:
                 accepted.append(check_scores(reply, pid, len(indices), self.num_classes, r_dim))
             except ValueError as err:
-                left_out[pid] = str(err)
+                left_out[self._label(reply)] = str(err)
                 log(
                     WARNING,
                     "fedmd: round %s: partition %s left out of the consensus: %s",
@@ -311,10 +358,15 @@ class FedMD(RoundReports, Strategy):
                     pid,
                     err,
                 )
-        answered = {s.partition_id for s in accepted} | set(left_out)
-        for pid in sorted(set(self.node_of_partition) - answered):
-            left_out[pid] = "no reply before the timeout"
-            log(WARNING, "fedmd: round %s: partition %s did not reply", server_round, pid)
+        for node in self.nodes.edges:
+            if node not in answered:
+                left_out[self.nodes.label(node)] = "no reply before the timeout"
+                log(
+                    WARNING,
+                    "fedmd: round %s: partition %s did not reply",
+                    server_round,
+                    self.nodes.label(node),
+                )
         if not accepted:
             log(WARNING, "fedmd: round %s: no valid scores, no consensus this round", server_round)
             return None, left_out
@@ -354,13 +406,13 @@ class FedMD(RoundReports, Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Mean digest/revisit losses; for FedAvg also the weighted mean of the weights."""
         ok: list[Message] = []
-        failures: dict[int, str] = {}
+        failures: dict[int | str, str] = {}
         for reply in self._by_partition(replies):
             reason = self._failed("train", server_round, reply)
             if reason is None:
                 ok.append(reply)
             else:
-                failures[self.nodes.partition_of(reply)] = reason
+                failures[self._label(reply)] = reason
         metrics: dict[str, Any] = {"num-trained": len(ok)}
         if failures:
             metrics["train-failures"] = failures
@@ -393,19 +445,19 @@ class FedMD(RoundReports, Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Mean and spread over clients of the uniform and private test accuracies."""
-        per_client: dict[int, Mapping[str, Any]] = {}
-        failures: dict[int, str] = {}
+        per_client: dict[int | str, Mapping[str, Any]] = {}
+        failures: dict[int | str, str] = {}
         for reply in self._by_partition(replies):
             reason = self._failed("evaluate", server_round, reply)
             if reason is None:
-                per_client[self.nodes.partition_of(reply)] = reply.content[METRICS]
+                per_client[self._label(reply)] = reply.content[METRICS]
             else:
-                failures[self.nodes.partition_of(reply)] = reason
+                failures[self._label(reply)] = reason
         metrics: dict[str, Any] = {"num-evaluated": len(per_client)}
         if failures:
             metrics["evaluate-failures"] = failures
         if per_client:
-            order = sorted(per_client)
+            order = list(per_client)  # edge order
             metrics["partitions"] = order
             for key in ("uniform-acc", "private-acc"):
                 values = np.array([float(per_client[p][key]) for p in order])
@@ -416,7 +468,8 @@ class FedMD(RoundReports, Strategy):
                 metrics[key] = values.tolist()
                 by_model: dict[str, list[float]] = {}
                 for pid, value in zip(order, values, strict=True):
-                    by_model.setdefault(self.fedmd.model_name(pid), []).append(float(value))
+                    model = self.fedmd.model_name(pid) if isinstance(pid, int) else "unknown"
+                    by_model.setdefault(model, []).append(float(value))
                 metrics[f"{key}-by-model"] = {m: float(np.mean(v)) for m, v in by_model.items()}
         self.report(server_round, metrics)
         if not per_client:
@@ -427,7 +480,10 @@ class FedMD(RoundReports, Strategy):
     def _evaluate_round(self, server_round: int, grid: Grid, timeout: float) -> MetricRecord | None:
         arrays = self.global_arrays if self.global_arrays is not None else ArrayRecord()
         messages = list(self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-        return self.aggregate_evaluate(server_round, self._exchange(grid, messages, timeout))
+        replies = self._exchange(grid, messages, timeout)
+        if server_round == 0:
+            self.report(0, {"left-out-nodes": self.admit_clients(replies)})
+        return self.aggregate_evaluate(server_round, replies)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:
         """Transfer learning (round 0), then per round: scores, consensus, digest, revisit.
@@ -479,7 +535,7 @@ class FedMD(RoundReports, Strategy):
             replies = self._exchange(grid, self.configure_query(server_round, grid), timeout)
             self._consensus, left_out = self.aggregate_query(server_round, replies)
             round_metrics["left-out"] = left_out
-            round_metrics["num-in-consensus"] = len(self.node_of_partition) - len(left_out)
+            round_metrics["num-in-consensus"] = len(self.nodes.edges) - len(left_out)
         arrays = self.global_arrays if self.global_arrays is not None else ArrayRecord()
         messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
         new_arrays, train_metrics = self.aggregate_train(

@@ -107,15 +107,34 @@ def test_whoami_query_reports_partition(tiny_npz: Path) -> None:
     assert reply.content["metrics"]["num-partitions"] == 2
 
 
-def test_mismatched_node_partitions_raises(tiny_npz: Path) -> None:
-    """A node whose num-partitions differs from the run config raises a ValueError naming it.
+def test_node_num_partitions_decides_the_partitioning(tiny_npz: Path) -> None:
+    """The node config's num-partitions decides which data a node trains on (Flower's way).
 
-    The handler raises; Flower's runtime (simulation engine or SuperNode) turns the exception
-    into an error reply (``error.code == 2``) and the node keeps working. Calling the
-    ClientApp directly shows the raise itself.
+    Prepare: a run config with num-partitions 3; a node whose node config says partition 1 of
+    2 (as Flower's simulation engine sets it for 2 SuperNodes).
+    Execute: a TRAIN message and a whoami query.
+    Assert: no error; num-examples is the size of partition 1 of 2 (not of 3); whoami reports
+    num-partitions 2.
     """
     context = _context(tiny_npz, **{"num-partitions": 3})
     cfg = ExperimentConfig.from_run_config(context.run_config)
     sent = ArrayRecord(build_experiment_model(cfg, seed=0).state_dict())
-    with pytest.raises(ValueError, match="node num-partitions=2 differs from run config"):
-        app(_message(sent, MessageType.TRAIN, {}), context)
+    reply = app(_message(sent, MessageType.TRAIN, {}), context)
+    assert not reply.has_error(), reply.error
+    two = ExperimentConfig.from_run_config({**context.run_config, "num-partitions": 2})
+    assert reply.content["metrics"]["num-examples"] == len(client_data(two, 1))
+    assert len(client_data(two, 1)) != len(client_data(cfg, 1))
+    whoami = Message(content=RecordDict(), dst_node_id=11, message_type="query.whoami")
+    assert app(whoami, context).content["metrics"]["num-partitions"] == 2
+
+
+def test_run_config_num_partitions_applies_without_a_node_value(tiny_npz: Path) -> None:
+    """Without num-partitions in the node config the run config's applies; a partition-id out
+    of its range raises a ValueError naming both values."""
+    context = _context(tiny_npz, **{"num-partitions": 4})
+    context.node_config.pop("num-partitions")
+    whoami = Message(content=RecordDict(), dst_node_id=11, message_type="query.whoami")
+    assert app(whoami, context).content["metrics"]["num-partitions"] == 4
+    context.node_config["partition-id"] = 4
+    with pytest.raises(ValueError, match="partition-id=4 is out of range for num-partitions=4"):
+        app(whoami, context)

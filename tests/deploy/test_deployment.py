@@ -168,9 +168,10 @@ def test_node_with_bad_data_sends_error_reply_and_run_carries_on(
     npz-path at a missing file or at an npz without y_train; 2 rounds of CPP.
     Execute: run_experiment.
     Assert: the node logged one ERROR naming its partition, the file and the problem; the
-    server got an error reply (code 2, same reason) from node 1 and left it out (no train
-    message to it); the run finished with rounds 0..2, round 1 (edge 0) ok, round 2 (edge 1)
-    not ok with the core unchanged (test-acc and test-loss equal round 1's).
+    server got error replies (code 2, same reason) from node 1 only (its whoami and its
+    train: a node that cannot say who it is remains an edge, ordered after the mapped one);
+    the run finished with rounds 0..2, round 1 (edge 0) ok, round 2 (edge 1) rejected with
+    that reason and the core unchanged (test-acc and test-loss equal round 1's).
     """
     if fault == "missing":
         bad, reason = tmp_path / "absent.npz", "npz data set file not found"
@@ -203,12 +204,13 @@ def test_node_with_bad_data_sends_error_reply_and_run_carries_on(
     assert failed[0].error.code == 2
     assert reason in failed[0].error.reason
     trains = [m for m in grid.delivered if m.metadata.message_type == MessageType.TRAIN]
-    assert [m.metadata.dst_node_id for m in trains] == [grid.node_id_of(0)]
+    assert [m.metadata.dst_node_id for m in trains] == [grid.node_id_of(0), bad_node]
     rows = _rows(tmp_path / "run")
     assert sorted(rows) == [0, 1, 2]
     assert rows[1]["edge-status"] == "ok"
     assert rows[2]["edge"] == 1
-    assert rows[2]["edge-status"] != "ok"
+    assert rows[2]["edge-status"].startswith("rejected: edge replied with error 2")
+    assert reason in rows[2]["edge-status"]
     assert rows[2]["test-acc"] == rows[1]["test-acc"]
     assert rows[2]["test-loss"] == rows[1]["test-loss"]
 

@@ -532,7 +532,7 @@ def _faulty_app(fault: str, broken_round: int = 1) -> ClientApp:
         ("wrong-keys", "wrong keys"),
         ("ensemble-size", "ensemble-size 1, expected 2"),
         ("missing-member", "misses ensemble member 'arrays-1'"),
-        ("no-metrics", "no 'metrics' record"),
+        ("no-metrics", "2 ArrayRecords and no 'ensemble-size'"),
         ("ensemble-size-inf", "ensemble-size"),
         ("overflow", "non-finite teacher outputs"),
     ],
@@ -690,3 +690,32 @@ def test_control_contacts_no_edge_and_runs_phase_two_without_teachers(
     assert rows[2]["test-acc"] == final.accuracy
     assert rows[2]["test-loss"] == final.loss
     assert final.loss != rows[0]["test-loss"]
+
+
+@pytest.mark.parametrize("num_nodes", [2, 5])
+def test_nodes_partition_as_their_node_config_says(
+    tiny_npz: Path, tmp_path: Path, num_nodes: int
+) -> None:
+    """Fewer or more nodes than the run config's num-partitions: the nodes' own decides.
+
+    Prepare: a run config with num-partitions 3; ``num_nodes`` in-process edgekd nodes whose
+    node configs say partition i of ``num_nodes`` (as Flower's simulation engine sets them for
+    that many SuperNodes); CPP, 2 rounds.
+    Execute: run_experiment.
+    Assert: both rounds ok, meeting partitions 0 and 1 of ``num_nodes``; each edge trained on
+    its share of the ``num_nodes``-way partitioning (reported num-examples).
+    """
+    from edgekd.experiment import client_data
+
+    run_config = _run_config(tiny_npz, tmp_path, **{"cd-variant": "CPP", "num-server-rounds": 2})
+    grid = InProcessGrid(real_client_app, run_config, num_nodes=num_nodes)
+    run_experiment(grid, run_config, tmp_path / "run")
+
+    rows = _rows(tmp_path / "run")
+    assert [rows[r]["edge-status"] for r in (1, 2)] == ["ok", "ok"]
+    assert [m.metadata.dst_node_id for m in _train_messages(grid)] == [
+        grid.node_id_of(0),
+        grid.node_id_of(1),
+    ]
+    nodes_cfg = ExperimentConfig.from_run_config({**run_config, "num-partitions": num_nodes})
+    assert rows[1]["edge-num-examples"] == len(client_data(nodes_cfg, 0))

@@ -36,17 +36,18 @@ def _whoami_app(failing: set[int]) -> ClientApp:
 
 
 def test_mapper_maps_every_partition_and_addresses_them_in_order() -> None:
-    """Every node answers: the map is complete and messages go out in partition order.
+    """Every node answers: the edges are the nodes in partition order, messages follow it.
 
     Prepare: 4 in-process nodes (random node ids) answering whoami.
     Execute: map, then messages for a train instruction.
-    Assert: partition -> node equals the grid's own mapping; one message per partition,
-    sorted by partition, of the given type and group; partition_of inverts the map.
+    Assert: edges and partition -> node equal the grid's own mapping; one message per edge,
+    in partition order, of the given type and group; partition_of inverts the map.
     """
     grid = InProcessGrid(_whoami_app(set()), {}, num_nodes=4, seed=3)
     mapper = NodeMapper(4, "test")
-    mapping = mapper.map(grid, timeout=30)
-    assert mapping == {pid: grid.node_id_of(pid) for pid in range(4)}
+    edges = mapper.map(grid, timeout=30)
+    assert edges == [grid.node_id_of(pid) for pid in range(4)]
+    assert mapper.node_of_partition == {pid: grid.node_id_of(pid) for pid in range(4)}
     messages = mapper.messages(RecordDict(), MessageType.TRAIN, "7")
     assert [m.metadata.dst_node_id for m in messages] == [grid.node_id_of(p) for p in range(4)]
     assert {(m.metadata.message_type, m.metadata.group_id) for m in messages} == {
@@ -57,22 +58,87 @@ def test_mapper_maps_every_partition_and_addresses_them_in_order() -> None:
     assert mapper.partition_of(reply) == 2
 
 
-def test_mapper_stops_when_every_node_answered_even_with_a_failure() -> None:
-    """A node whose whoami fails is left out; the mapper does not wait for its timeout.
+def test_node_failing_whoami_is_still_an_edge_after_the_mapped_ones() -> None:
+    """A node whose whoami fails is still an edge, ordered after the mapped nodes.
 
     Prepare: 3 nodes, partition 1 raising in whoami; a 60 s timeout.
     Execute: map.
-    Assert: partitions 0 and 2 mapped, partition 1's node in ``failed``; it returned in far
-    less than the timeout; each node was asked exactly once.
+    Assert: partitions 0 and 2 mapped; the edges are nodes 0, 2, then 1; node 1's reason is
+    the error reply; it returned in far less than the timeout; each node was asked once.
     """
     grid = InProcessGrid(_whoami_app({1}), {}, num_nodes=3)
     mapper = NodeMapper(3, "test")
     started = time.monotonic()
-    mapping = mapper.map(grid, timeout=60)
+    edges = mapper.map(grid, timeout=60)
     assert time.monotonic() - started < 10
-    assert set(mapping) == {0, 2}
-    assert mapper.failed == {grid.node_id_of(1)}
+    assert set(mapper.node_of_partition) == {0, 2}
+    assert edges == [grid.node_id_of(0), grid.node_id_of(2), grid.node_id_of(1)]
+    assert "partition 1 has no data" in mapper.unmapped[grid.node_id_of(1)]
     assert len(grid.delivered) == 3
+
+
+def test_nodes_without_whoami_are_edges_in_node_id_order() -> None:
+    """A plain Flower ClientApp (no query handler) gives unmapped edges, sorted by node id.
+
+    Prepare: 2 nodes of a ClientApp with only a train handler; the mapper expects 4 (the run
+    config's num-partitions) and settles after 0.3 s.
+    Execute: map.
+    Assert: both nodes are edges, in ascending node id; each has a reason naming the missing
+    query function; the mapping ended once the node set had settled, well before the timeout.
+    """
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=msg)
+
+    grid = InProcessGrid(app, {}, num_nodes=2, seed=5)
+    mapper = NodeMapper(4, "test", settle=0.3)
+    started = time.monotonic()
+    edges = mapper.map(grid, timeout=60)
+    assert time.monotonic() - started < 10
+    assert edges == sorted(grid.get_node_ids())
+    assert mapper.node_of_partition == {}
+    assert all("No query function registered" in r for r in mapper.unmapped.values())
+
+
+def test_node_that_never_answers_whoami_is_still_an_edge() -> None:
+    """A node whose whoami reply does not come within the whoami timeout is still an edge.
+
+    Prepare: 3 nodes; partition 0's whoami reply is held back forever; whoami timeout 0.3 s.
+    Execute: map.
+    Assert: partitions 1 and 2 mapped and first; partition 0's node last, its reason naming
+    the timeout; the mapping took far less than the overall timeout.
+    """
+
+    def hold(message: Message) -> int:
+        held = message.metadata.dst_node_id == grid.node_id_of(0)
+        return 10**9 if held and message.metadata.message_type == "query.whoami" else 0
+
+    grid = InProcessGrid(_whoami_app(set()), {}, num_nodes=3, delay_pulls=hold)
+    mapper = NodeMapper(3, "test", whoami_timeout=0.3)
+    started = time.monotonic()
+    edges = mapper.map(grid, timeout=60)
+    assert time.monotonic() - started < 10
+    assert edges == [grid.node_id_of(1), grid.node_id_of(2), grid.node_id_of(0)]
+    assert "no reply to query.whoami within 0.3 s" in mapper.unmapped[grid.node_id_of(0)]
+
+
+def test_partition_claimed_twice_keeps_both_nodes() -> None:
+    """Two nodes claiming the same partition are both edges; the second one is unmapped.
+
+    Prepare: 2 nodes whose node configs both say partition-id 0.
+    Execute: map.
+    Assert: 2 edges; one mapped to partition 0, the other unmapped with "already claimed".
+    """
+    configs = [{"partition-id": 0, "num-partitions": 2}] * 2
+    grid = InProcessGrid(_whoami_app(set()), {}, num_nodes=2, node_configs=configs)
+    mapper = NodeMapper(2, "test")
+    edges = mapper.map(grid, timeout=30)
+    assert len(edges) == 2 and set(edges) == set(grid.get_node_ids())
+    assert list(mapper.node_of_partition) == [0]
+    (reason,) = mapper.unmapped.values()
+    assert "already claimed" in reason
 
 
 def test_mapper_collects_the_answers_it_requested_earlier() -> None:
@@ -85,7 +151,7 @@ def test_mapper_collects_the_answers_it_requested_earlier() -> None:
     grid = InProcessGrid(_whoami_app(set()), {}, num_nodes=3)
     mapper = NodeMapper(3, "test")
     mapper.request(grid)
-    assert mapper.map(grid, timeout=30) == {p: grid.node_id_of(p) for p in range(3)}
+    assert mapper.map(grid, timeout=30) == [grid.node_id_of(p) for p in range(3)]
     assert len(grid.delivered) == 3
 
 
@@ -133,6 +199,56 @@ def test_reply_members_names_what_is_wrong(
     """A reply with the wrong size, a missing member, other names or shapes, or NaN is refused."""
     with pytest.raises(ValueError, match=message):
         reply_members(_train_reply(states, size), 1, {"w": torch.zeros(2, 3)})
+
+
+def test_reply_members_accepts_a_plain_flower_reply_as_one_model() -> None:
+    """A reply without ensemble-size is one model, in "arrays" or in its only ArrayRecord.
+
+    Prepare: replies of a plain Flower ClientApp: "arrays" + metrics with num-examples only;
+    one ArrayRecord under another name; no ArrayRecord at all.
+    Execute: reply_members asking for an ensemble of 3.
+    Assert: one state each for the first two; the third is refused, naming what is missing.
+    """
+    reference = {"w": torch.zeros(2, 3)}
+    request = instruction(RecordDict(), MessageType.TRAIN, 5, "1")
+    for key in ("arrays", "model"):
+        content = RecordDict(
+            {
+                key: ArrayRecord({"w": torch.ones(2, 3)}),
+                "metrics": MetricRecord({"num-examples": 8}),
+            }
+        )
+        (state,) = reply_members(Message(content, reply_to=request), 3, reference)
+        assert torch.equal(state["w"], torch.ones(2, 3))
+    empty = Message(RecordDict({"metrics": MetricRecord({"num-examples": 8})}), reply_to=request)
+    with pytest.raises(ValueError, match="0 ArrayRecords and no 'ensemble-size'"):
+        reply_members(empty, 3, reference)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException "
+        "occurred. Message: No train function registered with name 'default''>",
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor"
+        ".run()\x1b[39m (pid=1, ip=1.2.3.4)\nTraceback (most recent call last):\n  File x\n"
+        "ValueError: No train function registered with name 'default'\n\nThe above exception "
+        "...\nflwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
+        "occurred. Message: No train function registered with name 'default''>",
+    ],
+)
+def test_flower_wrapped_exception_reason_becomes_one_line(reason: str) -> None:
+    """Flower's "<class 'X'>:<'...'>" reasons (in process and from a Ray actor, with a
+    traceback and colour codes) become "X: <the message line>", one line."""
+    from flwr.app import Error
+
+    request = instruction(RecordDict(), MessageType.TRAIN, 5, "1")
+    reply = Message(Error(code=2, reason=reason), reply_to=request)
+    line = error_reason(reply)
+    assert line is not None and "\n" not in line and "\x1b" not in line
+    assert line.startswith("error reply (code 2): ")
+    assert "ClientAppException" in line.split(":")[1]
+    assert line.endswith("Message: No train function registered with name 'default'")
 
 
 def test_error_reason_is_one_line() -> None:

@@ -28,6 +28,7 @@ from edgekd.losses import latent_distillation_loss
 from edgekd.models import build_model
 from edgekd.runner import run_experiment
 from edgekd.strategies import fedmd
+from edgekd.strategies.common import FederationError
 from edgekd.strategies.fedmd import FedMDConfig, consensus, content_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,6 +251,64 @@ def test_bad_replies_are_left_out_and_the_run_continues(tiny_npz: Path, tmp_path
         assert rows[server_round]["num-in-consensus"] == 1
         assert rows[server_round]["num-trained"] == 5
         assert math.isfinite(rows[server_round]["uniform-acc-mean"])
+
+
+class _PerPartition:
+    """A node runner that gives chosen partitions another ClientApp (called as Flower does)."""
+
+    def __init__(self, default: ClientApp, others: dict[int, ClientApp]) -> None:
+        self.default, self.others = default, others
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        app = self.others.get(int(context.node_config["partition-id"]), self.default)
+        return app(message, context)
+
+
+def test_node_without_fedmd_handlers_is_left_out(
+    tiny_npz: Path, tmp_path: Path, plain_client_app: ClientApp
+) -> None:
+    """A plain Flower ClientApp (no FedMD handlers, no whoami) is left out with its reason.
+
+    Prepare: 3 nodes; partition 2 runs the Flower-only ClientApp, the others edgekd's; KD,
+    1 round.
+    Execute: run_experiment.
+    Assert: round 0 reports that node left out, naming Flower's "No evaluate function
+    registered"; the consensus of round 1 has the 2 FedMD clients and no "left-out"; after
+    round 0 no message went to the left-out node.
+    """
+    run_config = _run_config(tiny_npz, tmp_path, **{"fedmd-method": "KD", "num-server-rounds": 1})
+    runner = _PerPartition(real_client_app, {2: plain_client_app})
+    grid = InProcessGrid(runner, run_config, num_nodes=3)  # type: ignore[arg-type]
+    run_experiment(grid, run_config, tmp_path / "run")
+
+    rows = _rows(tmp_path / "run")
+    ((label, reason),) = rows[0]["left-out-nodes"].items()
+    assert label == f"node {grid.node_id_of(2)}"
+    assert "No evaluate function registered" in reason
+    assert rows[1]["num-in-consensus"] == 2 and rows[1]["left-out"] == {}
+    assert rows[1]["num-trained"] == 2 and len(rows[1]["uniform-acc"]) == 2
+    later = [m for m in grid.delivered if m.metadata.group_id not in {"0", "whoami"}]
+    assert later and all(m.metadata.dst_node_id != grid.node_id_of(2) for m in later)
+
+
+def test_fewer_than_two_fedmd_clients_fail_the_run(
+    tiny_npz: Path, tmp_path: Path, plain_client_app: ClientApp
+) -> None:
+    """With one FedMD client out of two nodes the run fails with one line naming the count.
+
+    Prepare: 2 nodes, partition 1 runs the Flower-only ClientApp.
+    Execute: run_experiment.
+    Assert: FederationError "fedmd: 1 of 2 node(s) answered FedMD's messages; FedMD needs at
+    least 2 clients (first reason: ...No evaluate function registered...)", one line.
+    """
+    run_config = _run_config(tiny_npz, tmp_path, **{"num-partitions": 2})
+    runner = _PerPartition(real_client_app, {1: plain_client_app})
+    grid = InProcessGrid(runner, run_config, num_nodes=2)  # type: ignore[arg-type]
+    with pytest.raises(FederationError) as info:
+        run_experiment(grid, run_config, tmp_path / "run")
+    message = str(info.value)
+    assert message.startswith("fedmd: 1 of 2 node(s) answered FedMD's messages; FedMD needs")
+    assert "No evaluate function registered" in message and "\n" not in message
 
 
 def test_ce_and_fedavg_baselines(tiny_npz: Path, tmp_path: Path) -> None:
