@@ -34,12 +34,9 @@ SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
     "CE-short-pretrain": ("CE", SHORT, "CE-short-pretrain"),
     "KD-short-pretrain": ("KD", SHORT, "CE-short-pretrain"),
     "KD-L1": ("KD", {"fedmd-logit-loss": "mae"}, "CE"),
-    "KD-MSE": ("KD", {"fedmd-logit-loss": "mse"}, "CE"),
-    "KD-t1": ("KD", {"fedmd-temperature": 1.0}, "CE"),
     "KD-t4": ("KD", {"fedmd-temperature": 4.0}, "CE"),
     "KD-weighted": ("KD", {"fedmd-consensus-weighting": "num-examples"}, "CE"),
     "KD-align1024": ("KD", {"fedmd-alignment-size": 1024}, "CE"),
-    "KD-digest-lr0.005": ("KD", {"fedmd-digest-lr": 0.005}, "CE"),
     "CE-split": ("CE", SPLIT, "CE-split"),
     "KD-split": ("KD", SPLIT, "CE-split"),
 }
