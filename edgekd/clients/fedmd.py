@@ -42,6 +42,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from edgekd.cache import TrainingCache, run_description
 from edgekd.clients.node import node_experiment
 from edgekd.config import ExperimentConfig, config_value
 from edgekd.datasets import BatchLoader
@@ -79,6 +80,8 @@ __all__ = [
 
 STATE_MODEL = "fedmd-model"
 STATE_META = "fedmd-meta"
+# ExperimentConfig fields that do not change transfer learning (kept out of its cache keys)
+_NOT_PRETRAINING = ("num_server_rounds", "strategy", "fraction_train", "fraction_evaluate")
 _RUN_SCHEDULE = ("batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment")
 
 
@@ -171,32 +174,73 @@ def _train(
 def _pretrain(
     setup: FedMDSetup, cfg: ExperimentConfig, partition_id: int, private: TensorData
 ) -> EdgeKDModel:
-    """Transfer learning: public labels first (own output layer), then the private data."""
+    """Transfer learning: public labels first (own output layer), then the private data.
+
+    The FedAvg baseline (``shared_init``) starts every node from the same global model: the
+    shared initialisation after the same public stage (one seed for all nodes, so every node
+    computes the same weights), with no private training before round 1. With ``cache-dir``
+    set, each stage is stored under a key of everything that decides it, so CE, KD and LKD runs
+    of a seed share their transfer learning (bit for bit).
+    """
     bundle = load_bundle(cfg)
+    cache = TrainingCache(cfg.cache_dir)
+    owner = 0 if setup.shared_init else partition_id
+    seed = derive_seed("fedmd-pretrain", setup.seed, partition=owner)
+    public_key = {
+        "config": run_description(cfg, exclude=_NOT_PRETRAINING),
+        "model": setup.model_name(partition_id),
+        "representation-dim": setup.representation_dim,
+        "seed": setup.seed,
+        "shared-init": setup.shared_init,
+        "owner": owner,
+        "public": [setup.public_source, setup.public_fraction, setup.pretrain_public_epochs],
+    }
+
+    def public_stage() -> dict[str, Any]:
+        model = build_client_model(setup, partition_id, bundle.num_classes, bundle.in_channels)
+        _train_public(model, setup, cfg, partition_id, seed)
+        return {"state": model.state_dict()}
+
     model = build_client_model(setup, partition_id, bundle.num_classes, bundle.in_channels)
-    pool = public_pool(cfg, setup.public_source, setup.public_fraction)
-    seed = derive_seed("fedmd-pretrain", setup.seed, partition=partition_id)
-    if setup.pretrain_public_epochs > 0:
-        if pool.num_classes == bundle.num_classes:
-            public_model = model
-        else:
-            public_model = build_client_model(
-                setup, partition_id, pool.num_classes, bundle.in_channels
-            )
-            public_model.load_state_dict(
-                {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")},
-                strict=False,
-            )
-        _train(public_model, pool.data, setup.pretrain_public_epochs, cfg, seed)
-        if public_model is not model:
-            transferred = {
-                k: v
-                for k, v in public_model.state_dict().items()
-                if not k.startswith("classifier.")
-            }
-            model.load_state_dict(transferred, strict=False)
-    _train(model, private, setup.pretrain_private_epochs, cfg, seed + 1)
+    model.load_state_dict(cache.get_or_compute("fedmd-public", public_key, public_stage)["state"])
+    if setup.shared_init:
+        return model
+
+    def private_stage() -> dict[str, Any]:
+        _train(model, private, setup.pretrain_private_epochs, cfg, seed + 1)
+        return {"state": model.state_dict()}
+
+    private_key = {
+        **public_key,
+        "partition": partition_id,
+        "private-epochs": setup.pretrain_private_epochs,
+    }
+    model.load_state_dict(
+        cache.get_or_compute("fedmd-private", private_key, private_stage)["state"]
+    )
     return model
+
+
+def _train_public(
+    model: EdgeKDModel, setup: FedMDSetup, cfg: ExperimentConfig, partition_id: int, seed: int
+) -> None:
+    """The public stage of transfer learning: with a public label space of its own, through a
+    twin with its own output layer, whose other weights ``model`` then takes."""
+    if setup.pretrain_public_epochs == 0:
+        return
+    bundle = load_bundle(cfg)
+    pool = public_pool(cfg, setup.public_source, setup.public_fraction)
+    public_model = model
+    if pool.num_classes != bundle.num_classes:
+        public_model = build_client_model(setup, partition_id, pool.num_classes, bundle.in_channels)
+        public_model.load_state_dict(_without_head(model), strict=False)
+    _train(public_model, pool.data, setup.pretrain_public_epochs, cfg, seed)
+    if public_model is not model:
+        model.load_state_dict(_without_head(public_model), strict=False)
+
+
+def _without_head(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
 
 
 def client_model(
@@ -230,7 +274,7 @@ def client_model(
         setup.representation_dim,
         count_parameters(model),
         setup.pretrain_public_epochs,
-        setup.pretrain_private_epochs,
+        0 if setup.shared_init else setup.pretrain_private_epochs,
     )
     return model
 

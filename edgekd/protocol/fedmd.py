@@ -16,12 +16,14 @@ Message format
 All messages carry a ``config`` ConfigRecord with the setup keys ``server-round``,
 ``client-models``, ``representation-dim``, ``public-source``, ``public-fraction``,
 ``pretrain-public-epochs``, ``pretrain-private-epochs``, ``private-test-size``, ``seed`` and
-``shared-init`` (true only for FedAvg) -- :class:`FedMDSetup`. A node pre-trains its model
-lazily on its first FedMD message and keeps it in ``context.state["fedmd-model"]``. Public
-data is never sent: it is identified by row indices into the public pool both sides derive
-from the run config (:func:`public_pool`: the stratified ``public-fraction`` core split of the
-training set for ``"split"``, or ``x_train`` followed by ``x_test`` of the npz for
-``"npz:<path>"``); the private partitions are those of :func:`private_config`.
+``shared-init`` (true only for FedAvg: every node starts from the same global model, the
+shared initialisation after the public stage, with no private pre-training) --
+:class:`FedMDSetup`. A node pre-trains its model lazily on its first FedMD message and keeps
+it in ``context.state["fedmd-model"]``. Public data is never sent: it is identified by row
+indices into the public pool both sides derive from the run config (:func:`public_pool`: the
+stratified ``public-fraction`` core split of the training set for ``"split"``, or ``x_train``
+followed by ``x_test`` of the npz for ``"npz:<path>"``); the private partitions are those of
+:func:`private_config`.
 
 ``query.fedmd_scores`` (:data:`MSG_SCORES`)
     in: ``fedmd-public`` ArrayRecord ``{"indices": int64 (N,)}``; config adds

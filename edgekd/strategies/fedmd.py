@@ -18,8 +18,10 @@ private data. Weights never leave the clients. Methods (``fedmd-method``):
 * ``KD``: FedMD, consensus of the logits only;
 * ``LKD``: logits and representations (latent distillation);
 * ``FedAvg``: reference where the architectures allow it (one model name for every client):
-  the same transfer learning, then weights are averaged each round. Only this baseline sends
-  weights.
+  every client starts round 1 from the same global model (the shared initialisation after the
+  same public stage of transfer learning, no private pre-training), trains it for
+  ``fedmd-revisit-epochs`` on its private data, and the weights are averaged each round. Only
+  this baseline sends weights.
 
 The message format (three custom actions, public data as row indices, the consensus) and
 the setup rules both sides share (public pool, private partitions) are in
@@ -62,6 +64,7 @@ from edgekd.protocol.fedmd import (
     WITH_REPRESENTATIONS,
     DigestSettings,
     FedMDSetup,
+    public_pool,
     public_pool_size,
 )
 from edgekd.strategies.common import (
@@ -72,7 +75,12 @@ from edgekd.strategies.common import (
     error_reason,
 )
 from edgekd.strategies.fedmd_config import LOGIT_LOSSES, METHODS, WEIGHTINGS, FedMDConfig
-from edgekd.strategies.fedmd_consensus import ClientScores, check_scores, consensus
+from edgekd.strategies.fedmd_consensus import (
+    ClientScores,
+    check_scores,
+    consensus,
+    consensus_diagnostics,
+)
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = [
@@ -174,6 +182,11 @@ class FedMD(RoundReports, Strategy):
         self.nodes = NodeMapper(config.num_partitions, "fedmd")
         self.global_arrays: ArrayRecord | None = None
         self._consensus: ArrayRecord | None = None
+        self._diagnostics: dict[str, float] = {}
+        self._public_labels = None
+        if fedmd.public_source == "split":  # public images labelled in the private label space
+            pool = public_pool(config, fedmd.public_source, fedmd.public_fraction)
+            self._public_labels = pool.data.y.numpy()
         self._bytes = {"sent": 0, "received": 0}
 
     # ------------------------------------------------------------------ helpers
@@ -375,10 +388,10 @@ class FedMD(RoundReports, Strategy):
             weights = [float(s.num_examples) for s in accepted]
             if sum(weights) <= 0:
                 weights = None
-        arrays = {
-            "indices": Array(indices),
-            "logits": Array(consensus([s.logits for s in accepted], weights)),
-        }
+        logits = consensus([s.logits for s in accepted], weights)
+        labels = None if self._public_labels is None else self._public_labels[indices]
+        self._diagnostics = consensus_diagnostics(accepted, logits, labels)
+        arrays = {"indices": Array(indices), "logits": Array(logits)}
         if r_dim is not None:
             reps = [s.representations for s in accepted if s.representations is not None]
             arrays["representations"] = Array(consensus(reps, weights))
@@ -536,6 +549,7 @@ class FedMD(RoundReports, Strategy):
             self._consensus, left_out = self.aggregate_query(server_round, replies)
             round_metrics["left-out"] = left_out
             round_metrics["num-in-consensus"] = len(self.nodes.edges) - len(left_out)
+            round_metrics.update(self._diagnostics)
         arrays = self.global_arrays if self.global_arrays is not None else ArrayRecord()
         messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
         new_arrays, train_metrics = self.aggregate_train(

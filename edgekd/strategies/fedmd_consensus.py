@@ -19,7 +19,7 @@ from edgekd.protocol import METRICS
 from edgekd.protocol.fedmd import SCORES
 from edgekd.strategies.common import error_reason
 
-__all__ = ["ClientScores", "check_scores", "consensus"]
+__all__ = ["ClientScores", "check_scores", "consensus", "consensus_diagnostics"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,25 @@ def check_scores(
     if METRICS in content.metric_records:
         num_examples = int(content.metric_records[METRICS].get("num-examples", 0))
     return ClientScores(partition_id, logits, representations, num_examples)
+
+
+def consensus_diagnostics(
+    scores: Sequence[ClientScores], consensus_logits: np.ndarray, labels: np.ndarray | None
+) -> dict[str, float]:
+    """How this round's consensus relates to the clients on the alignment images.
+
+    ``consensus-agreement`` is the mean over clients of the fraction of images on which the
+    client's top-1 class is the consensus's. When the public images carry labels of the private
+    label space (``labels``, a ``"split"`` public pool), also ``consensus-acc`` (top-1 accuracy
+    of the consensus) and ``client-acc-mean``/``client-acc-max`` (of the clients' own logits):
+    a consensus below its clients teaches them something worse than what they know.
+    """
+    top = np.argmax(consensus_logits, axis=1)
+    client_tops = [np.argmax(s.logits, axis=1) for s in scores]
+    found = {"consensus-agreement": float(np.mean([np.mean(t == top) for t in client_tops]))}
+    if labels is not None:
+        accs = [float(np.mean(t == labels)) for t in client_tops]
+        found["consensus-acc"] = float(np.mean(top == labels))
+        found["client-acc-mean"] = float(np.mean(accs))
+        found["client-acc-max"] = float(np.max(accs))
+    return found

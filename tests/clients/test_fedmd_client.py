@@ -238,3 +238,42 @@ def test_npz_public_data_with_other_classes(tiny_npz: Path, tmp_path: Path) -> N
     )
     with pytest.raises(ValueError, match="image"):
         protocol_fedmd.public_pool(cfg, f"npz:{bad}", 0.0)
+
+
+def _state(context: Context) -> dict[str, torch.Tensor]:
+    return context.state["fedmd-model"].to_torch_state_dict()
+
+
+def test_transfer_learning_is_cached_bit_for_bit(tiny_npz: Path, tmp_path: Path) -> None:
+    """With cache-dir, a second node with the same setup loads both stages (same weights,
+    files written once); without it the weights are the same."""
+    plain = _context(tiny_npz)
+    app(_message("evaluate.fedmd", SETUP), plain)
+    cached = []
+    for _ in range(2):
+        context = _context(tiny_npz)
+        context.run_config["cache-dir"] = str(tmp_path)
+        app(_message("evaluate.fedmd", SETUP), context)
+        cached.append(_state(context))
+    files = sorted(p.parent.name for p in tmp_path.rglob("*.pt"))
+    assert files == ["fedmd-private", "fedmd-public"]
+    for state in cached:
+        assert all(torch.equal(state[k], _state(plain)[k]) for k in state)
+
+
+def test_fedavg_nodes_start_from_one_global_model(tiny_npz: Path) -> None:
+    """shared-init: both partitions hold the same weights after transfer learning (the same
+    public stage, no private pre-training), unlike the FedMD clients."""
+    shared = {**SETUP, "client-models": "cnn", "shared-init": True}
+    states = []
+    for pid in (0, 1):
+        context = _context(tiny_npz, partition_id=pid)
+        app(_message("evaluate.fedmd", shared), context)
+        states.append(_state(context))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    apart = []
+    for pid in (0, 1):
+        context = _context(tiny_npz, partition_id=pid)
+        app(_message("evaluate.fedmd", {**shared, "shared-init": False}), context)
+        apart.append(_state(context))
+    assert not all(torch.equal(apart[0][k], apart[1][k]) for k in apart[0])

@@ -412,3 +412,38 @@ def test_fedmd_two_rounds_through_simulation_engine(tiny_npz: Path, tmp_path: Pa
     assert rows[2]["num-in-consensus"] == 2 and rows[2]["bytes-received"] > 0
     setup = json.loads((runs[0] / "fedmd-setup.json").read_text())
     assert [c["model"] for c in setup["clients"]] == ["cnn", "resnet8"]
+
+
+def test_kd_without_digest_equals_ce_digit_for_digit(tiny_npz: Path, tmp_path: Path) -> None:
+    """KD with fedmd-digest-epochs = 0 queries scores but trains exactly as CE: every
+    accuracy of every round is the same."""
+    runs = {}
+    for method in ("CE", "KD"):
+        config = _run_config(
+            tiny_npz, tmp_path, **{"fedmd-method": method, "fedmd-digest-epochs": 0}
+        )
+        run_experiment(
+            InProcessGrid(real_client_app, config, num_nodes=3), config, tmp_path / method
+        )
+        runs[method] = _rows(tmp_path / method)
+    keys = ("uniform-acc-mean", "private-acc-mean", "uniform-acc-std", "private-acc-std")
+    assert len(runs["CE"]) == 3
+    for server_round, row in runs["CE"].items():
+        assert [row[k] for k in keys] == [runs["KD"][server_round][k] for k in keys]
+    assert "consensus-agreement" in runs["KD"][1] and "consensus-agreement" not in runs["CE"][1]
+
+
+def test_consensus_diagnostics_by_hand() -> None:
+    """Agreement and accuracies of the consensus and the clients on hand-made logits."""
+    from edgekd.strategies.fedmd_consensus import ClientScores, consensus_diagnostics
+
+    a = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # top-1: 0, 0, 1
+    b = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # top-1: 1, 0, 1
+    scores = [ClientScores(0, a, None, 10), ClientScores(1, b, None, 10)]
+    mean = consensus([a, b])  # top-1: 0, 0, 1
+    found = consensus_diagnostics(scores, mean, np.array([1, 0, 1]))
+    assert found["consensus-agreement"] == pytest.approx((3 / 3 + 2 / 3) / 2)
+    assert found["consensus-acc"] == pytest.approx(2 / 3)
+    assert found["client-acc-mean"] == pytest.approx((2 / 3 + 3 / 3) / 2)
+    assert found["client-acc-max"] == pytest.approx(1.0)
+    assert set(consensus_diagnostics(scores, mean, None)) == {"consensus-agreement"}
