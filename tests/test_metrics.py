@@ -7,7 +7,14 @@ import re
 import pytest
 import torch
 
-from edgekd.metrics import consensus_change, expected_calibration_error, prediction_consensus
+from edgekd.metrics import (
+    consensus_change,
+    expected_calibration_error,
+    offload_mask,
+    offload_summary,
+    prediction_consensus,
+    top2_margin,
+)
 
 LABELS = torch.tensor([0, 1, 2, 3, 4])
 # Teacher correct on samples {0, 1, 2}; wrong on 3 and 4.
@@ -174,3 +181,61 @@ def test_ece_matches_torchmetrics(n_bins: int) -> None:
     )
     expected = float(reference(probs, labels))
     assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(expected, abs=1e-6)
+
+
+# Confidence offloading (cloud-edge paper, Eq. 33-35).
+OFF_PROBS = torch.tensor(
+    [
+        [0.90, 0.05, 0.05],  # margin 0.85
+        [0.50, 0.40, 0.10],  # margin 0.10
+        [0.34, 0.33, 0.33],  # margin 0.01
+        [1.00, 0.00, 0.00],  # margin 1.00 (saturated)
+    ]
+)
+
+
+def test_top2_margin_and_offload_mask_hand_count() -> None:
+    """Margins are p1 - p2; sigma = 0.2 offloads exactly the two low-margin samples."""
+    torch.testing.assert_close(top2_margin(OFF_PROBS), torch.tensor([0.85, 0.10, 0.01, 1.0]))
+    assert offload_mask(OFF_PROBS, 0.2).tolist() == [False, True, True, False]
+    assert offload_mask(OFF_PROBS, 0.05).tolist() == [False, False, True, False]
+
+
+def test_offload_extremes_give_edge_and_cloud_accuracy() -> None:
+    """sigma = 0 never offloads (system = edge), sigma = 1 always does (system = cloud)."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.cat([OFF_PROBS, torch.softmax(5 * torch.randn(200, 3, generator=g), 1)])
+    labels = torch.randint(0, 3, (len(probs),), generator=g)
+    edge = probs.argmax(1)
+    cloud = torch.randint(0, 3, (len(probs),), generator=g)
+    never = offload_summary(edge, cloud, labels, offload_mask(probs, 0.0))
+    always = offload_summary(edge, cloud, labels, offload_mask(probs, 1.0))
+    assert never["offload-rate"] == 0.0 and always["offload-rate"] == 1.0
+    assert never["system-acc"] == never["edge-acc"]
+    assert always["system-acc"] == always["cloud-acc"]
+    assert never["edge-acc"] != never["cloud-acc"]  # the two extremes are distinguishable
+
+
+def test_offload_summary_hand_count() -> None:
+    """Two of four offloaded; the system takes the cloud's answer only for those two."""
+    edge = torch.tensor([0, 1, 2, 0])
+    cloud = torch.tensor([1, 0, 0, 0])
+    labels = torch.tensor([0, 0, 0, 1])
+    got = offload_summary(edge, cloud, labels, torch.tensor([False, True, True, False]))
+    assert got == {
+        "offloaded": 2.0,
+        "offload-rate": 0.5,
+        "edge-acc": 0.25,
+        "cloud-acc": 0.5,
+        "system-acc": 0.75,
+    }
+
+
+def test_offload_errors() -> None:
+    """sigma outside [0, 1] and mismatched shapes are refused, naming the value."""
+    with pytest.raises(ValueError, match=r"sigma.*1\.5"):
+        offload_mask(OFF_PROBS, 1.5)
+    with pytest.raises(ValueError, match="C >= 2"):
+        top2_margin(torch.ones(3, 1))
+    with pytest.raises(ValueError, match="equal non-empty"):
+        offload_summary(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(2))

@@ -6,7 +6,12 @@
   plus the sum of KL terms to several teachers (cloned knowledge distillation, Eq. 1-2);
 * :mod:`~edgekd.losses.fedmd`: :func:`consensus_logits`, :func:`fedmd_digest_loss` and
   :func:`latent_distillation_loss` (FedMD, Li and Wang 2019, and its latent variant);
-* :mod:`~edgekd.losses.fedprox`: :func:`prox_term` (FedProx, Li et al. 2020).
+* :mod:`~edgekd.losses.fedprox`: :func:`prox_term` (FedProx, Li et al. 2020);
+* :mod:`~edgekd.losses.cloud_edge`: :func:`nmd_loss` (neuron manifold distillation, the
+  cloud-edge paper's Eq. 3), its parts :func:`manifold_distance` and :func:`soft_target_loss`
+  (ST, Hinton et al.);
+* :mod:`~edgekd.losses.feature_kd`: the feature baselines :func:`attention_transfer_loss` (AT,
+  Zagoruyko and Komodakis 2017) and :func:`fsp_loss` (FSP/Gram, Yim et al. 2017).
 
 All KL terms use ``reduction="batchmean"`` (sum over classes, mean over the batch) and are
 multiplied by ``t**2`` so that gradient magnitudes do not depend on the temperature.
@@ -19,15 +24,22 @@ A new method adds one module here and re-exports its loss below.
 from __future__ import annotations
 
 from edgekd.losses.cloned_distillation import cloned_distillation_loss
+from edgekd.losses.cloud_edge import manifold_distance, nmd_loss, soft_target_loss
 from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
+from edgekd.losses.feature_kd import attention_transfer_loss, fsp_loss
 from edgekd.losses.fedprox import prox_term
 from edgekd.losses.kd import kd_kl_loss
 
 __all__ = [
+    "attention_transfer_loss",
     "cloned_distillation_loss",
     "consensus_logits",
     "fedmd_digest_loss",
+    "fsp_loss",
     "kd_kl_loss",
     "latent_distillation_loss",
+    "manifold_distance",
+    "nmd_loss",
     "prox_term",
+    "soft_target_loss",
 ]

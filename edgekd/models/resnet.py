@@ -93,10 +93,16 @@ class _ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def stages(self, x: Tensor) -> list[Tensor]:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.pool(out).flatten(1)
+        maps = []
+        for stage in (self.layer1, self.layer2, self.layer3):
+            out = stage(out)
+            maps.append(out)
+        return maps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.stages(x)[-1]).flatten(1)
 
 
 class CifarResNet(EdgeKDModel):
@@ -131,6 +137,17 @@ class CifarResNet(EdgeKDModel):
         init_weights(backbone)
         super().__init__(backbone, 64, num_classes, representation_dim)
         self.depth: int = depth
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Compute ``(logits, stage_maps)`` in one pass.
+
+        ``stage_maps`` holds the output of each of the three residual stages, shallow first:
+        ``(B, 16, H, W)``, ``(B, 32, H/2, W/2)``, ``(B, 64, H/4, W/4)``. The logits equal
+        :meth:`forward`'s.
+        """
+        maps = self.backbone.stages(x)
+        feats = self.representation(self.backbone.pool(maps[-1]).flatten(1))
+        return self.classifier(feats), maps
 
 
 resnet8 = register_variant("resnet8", CifarResNet, 8, doc="CIFAR ResNet-8 (~0.08M parameters).")

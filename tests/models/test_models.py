@@ -214,3 +214,16 @@ def test_build_model_is_deterministic_under_seed() -> None:
     b = build_model("resnet8", 10)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("representation_dim", [None, 5])
+def test_resnet_forward_stages_keeps_logits(representation_dim: int | None) -> None:
+    """forward_stages returns forward's logits exactly and the three stage maps."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, representation_dim=representation_dim)
+    model.eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        logits, maps = model.forward_stages(x)
+        assert torch.equal(logits, model(x))
+    assert [tuple(m.shape) for m in maps] == [(3, 16, 16, 16), (3, 32, 8, 8), (3, 64, 4, 4)]
