@@ -18,6 +18,7 @@ _PRIME_A = 7_919
 _PRIME_B = 1_009
 _PRIME_C = 1_000_003
 _FEDMD_INIT = 1_000
+_CLOUD_EDGE = 104_729
 
 STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # cloned distillation: the seed an edge initialises a scratch model with, per round
@@ -40,6 +41,14 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "fedmd-init": lambda seed, rnd, pid, member: seed * _FEDMD_INIT + pid + 1,
     # FedMD: the one initialisation every client shares (the FedAvg baseline)
     "fedmd-shared-init": lambda seed, rnd, pid, member: seed * _FEDMD_INIT,
+    # cloud-edge: the teacher's initialisation and batch order
+    "ce-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _CLOUD_EDGE,
+    # cloud-edge: the student's initialisation
+    "ce-student": lambda seed, rnd, pid, member: seed * _PRIME_A + _CLOUD_EDGE,
+    # cloud-edge: the student's distillation batch order
+    "ce-distill": lambda seed, rnd, pid, member: seed * _PRIME_C + _CLOUD_EDGE,
+    # cloud-edge: the validation part of the core split
+    "ce-val": lambda seed, rnd, pid, member: seed + _CLOUD_EDGE,
 }
 
 

@@ -30,6 +30,14 @@ from edgekd.seeds import STREAMS, derive_seed
         ("fedmd-init", {"partition": 4}, 3_005),
         # 3 * 1_000, whatever the partition
         ("fedmd-shared-init", {"partition": 4}, 3_000),
+        # 3 * 1_009 + 104_729 = 107_756
+        ("ce-teacher", {}, 107_756),
+        # 3 * 7_919 + 104_729 = 128_486
+        ("ce-student", {}, 128_486),
+        # 3 * 1_000_003 + 104_729 = 3_104_738
+        ("ce-distill", {}, 3_104_738),
+        # 3 + 104_729
+        ("ce-val", {"server_round": 2}, 104_732),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -50,6 +58,10 @@ def test_every_stream_is_tested_by_hand() -> None:
         "fedmd-private-test",
         "fedmd-init",
         "fedmd-shared-init",
+        "ce-teacher",
+        "ce-student",
+        "ce-distill",
+        "ce-val",
     }
 
 

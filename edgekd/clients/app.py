@@ -6,7 +6,9 @@ register here:
 - :mod:`edgekd.clients.node`: ``query.whoami`` (and the node's identity and data);
 - :mod:`edgekd.clients.cloned_distillation`: ``train`` and ``evaluate`` (cloned distillation,
   FedAvg, FedProx);
-- :mod:`edgekd.clients.fedmd`: ``query.fedmd_scores``, ``train.fedmd``, ``evaluate.fedmd``.
+- :mod:`edgekd.clients.fedmd`: ``query.fedmd_scores``, ``train.fedmd``, ``evaluate.fedmd``;
+- :mod:`edgekd.clients.cloud_edge`: ``query.ce_offload``, ``query.ce_answer`` (cloud-edge
+  confidence offloading).
 
 The same app runs under the simulation engine and on a real ``flower-supernode``; the message
 formats are in :mod:`edgekd.protocol`. A new method adds a handler module with a
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from flwr.clientapp import ClientApp
 
-from edgekd.clients import cloned_distillation, fedmd, node
+from edgekd.clients import cloned_distillation, cloud_edge, fedmd, node
 from edgekd.clients.cloned_distillation import LocalTrainConfig, evaluate, train, train_local
 from edgekd.clients.node import (
     NODE_DATA_KEY,
@@ -46,3 +48,4 @@ app = ClientApp()
 node.register(app)
 cloned_distillation.register(app)
 fedmd.register(app)
+cloud_edge.register(app)

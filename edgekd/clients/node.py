@@ -22,6 +22,7 @@ from dataclasses import replace
 from logging import ERROR
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -29,7 +30,7 @@ from flwr.common.logger import log
 
 from edgekd.config import ExperimentConfig
 from edgekd.datasets import default_padding, load_dataset, to_tensors
-from edgekd.experiment import TensorData, client_data
+from edgekd.experiment import TensorData, client_data, experiment_split, load_bundle
 from edgekd.models import EdgeKDModel, build_model
 from edgekd.protocol.common import METRICS, NUM_EXAMPLES, NUM_PARTITIONS, PARTITION_ID, WHOAMI
 
@@ -39,6 +40,7 @@ __all__ = [
     "model_for_arrays",
     "node_data",
     "node_experiment",
+    "node_images",
     "node_partition",
     "register",
     "whoami",
@@ -114,6 +116,15 @@ def node_data(context: Context, cfg: ExperimentConfig, partition_id: int) -> Ten
         )
         log(ERROR, message)
         raise NodeDataError(message) from exc
+
+
+def node_images(context: Context, cfg: ExperimentConfig, partition_id: int) -> np.ndarray:
+    """The raw ``uint8`` ``(N, H, W, C)`` images behind :func:`node_data`, in the same order."""
+    path = str(context.node_config.get(NODE_DATA_KEY, "")).strip()
+    if path:
+        return load_dataset("npz", npz_path=path).x_train
+    node_data(context, cfg, partition_id)  # validates the partition id
+    return load_bundle(cfg).x_train[experiment_split(cfg).partitions[partition_id]]
 
 
 def model_for_arrays(

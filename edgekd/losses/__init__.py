@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from edgekd.losses.cloned_distillation import cloned_distillation_loss
 from edgekd.losses.cloud_edge import manifold_distance, nmd_loss, soft_target_loss
-from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
 from edgekd.losses.feature_kd import attention_transfer_loss, fsp_loss
+from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
 from edgekd.losses.fedprox import prox_term
 from edgekd.losses.kd import kd_kl_loss
 

@@ -3,6 +3,7 @@
 from edgekd.strategies import (
     async_cloned_distillation,
     cloned_distillation,
+    cloud_edge,
     core_fedavg,
     fedmd,
     flower_baselines,
@@ -26,6 +27,7 @@ __all__ = [
     "build_strategy",
     "check_strategy_config",
     "cloned_distillation",
+    "cloud_edge",
     "core_fedavg",
     "fedmd",
     "flower_baselines",

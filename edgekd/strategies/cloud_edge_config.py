@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgekd.cloud_edge_training import STUDENT_LOSSES, StudentLoss
 from edgekd.config import Rules, check_fields, config_value, parse_section
 from edgekd.losses.cloud_edge import MANIFOLDS
 
 __all__ = ["LOSSES", "CloudEdgeConfig"]
 
-LOSSES = ("ce", "st", "at", "fsp", "nmd")
+LOSSES = STUDENT_LOSSES
 _RULES = Rules(
     choices={"loss": LOSSES, "manifold": MANIFOLDS},
     at_least={
@@ -149,6 +150,21 @@ class CloudEdgeConfig:
             )
         if self.manifold == "ltsa" and self.neighbors >= batch_size:
             raise ValueError(f"ce-neighbors ({self.neighbors}) must be < batch-size ({batch_size})")
+
+    def student_loss(self) -> StudentLoss:
+        """The student's objective with these weights."""
+        return StudentLoss(
+            name=self.loss,
+            alpha=self.alpha,
+            beta=self.beta,
+            temperature=self.temperature,
+            manifold=self.manifold,
+            dim=self.manifold_dim,
+            neighbors=self.neighbors,
+            nmd_weights=self.nmd_weights,
+            at_weight=self.at_weight,
+            fsp_weight=self.fsp_weight,
+        )
 
     def replace(self, **changes: Any) -> CloudEdgeConfig:
         """A validated copy with ``changes`` applied."""
