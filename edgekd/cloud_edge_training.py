@@ -210,6 +210,11 @@ def distil_student(
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for xb, yb in loader:
             value, _ = student_objective(loss, student, teacher, xb, yb)
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"the {loss.name!r} student loss became {float(value)} in epoch {epoch}: "
+                    "training diverged (lower the learning rate or the loss weights)"
+                )
             optimizer_step(optimizer, scheduler, value)
             loss_sum, seen = loss_sum + float(value.detach()) * len(yb), seen + len(yb)
         seconds += time.perf_counter() - started

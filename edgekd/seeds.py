@@ -44,11 +44,11 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # cloud-edge: the teacher's initialisation and batch order
     "ce-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _CLOUD_EDGE,
     # cloud-edge: the student's initialisation
-    "ce-student": lambda seed, rnd, pid, member: seed * _PRIME_A + _CLOUD_EDGE,
+    "ce-student": lambda seed, rnd, pid, member: seed * _PRIME_A + _CLOUD_EDGE - 6,
     # cloud-edge: the student's distillation batch order
-    "ce-distill": lambda seed, rnd, pid, member: seed * _PRIME_C + _CLOUD_EDGE,
+    "ce-distill": lambda seed, rnd, pid, member: seed * _PRIME_C + _CLOUD_EDGE - 12,
     # cloud-edge: the validation part of the core split
-    "ce-val": lambda seed, rnd, pid, member: seed + _CLOUD_EDGE,
+    "ce-val": lambda seed, rnd, pid, member: seed + _CLOUD_EDGE - 18,
 }
 
 

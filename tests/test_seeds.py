@@ -32,12 +32,12 @@ from edgekd.seeds import STREAMS, derive_seed
         ("fedmd-shared-init", {"partition": 4}, 3_000),
         # 3 * 1_009 + 104_729 = 107_756
         ("ce-teacher", {}, 107_756),
-        # 3 * 7_919 + 104_729 = 128_486
-        ("ce-student", {}, 128_486),
-        # 3 * 1_000_003 + 104_729 = 3_104_738
-        ("ce-distill", {}, 3_104_738),
-        # 3 + 104_729
-        ("ce-val", {"server_round": 2}, 104_732),
+        # 3 * 7_919 + 104_729 - 6 = 128_480
+        ("ce-student", {}, 128_480),
+        # 3 * 1_000_003 + 104_729 - 12 = 3_104_726
+        ("ce-distill", {}, 3_104_726),
+        # 3 + 104_729 - 18
+        ("ce-val", {"server_round": 2}, 104_714),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -79,3 +79,12 @@ def test_client_train_streams_of_neighbouring_partitions_and_rounds_differ() -> 
         for p in range(20)
     }
     assert len(seeds) == 50 * 20
+
+
+def test_cloud_edge_streams_differ_for_every_seed() -> None:
+    """Teacher, student, distillation and validation streams never coincide (seed 0 too)."""
+    for seed in range(50):
+        values = {
+            derive_seed(s, seed) for s in ("ce-teacher", "ce-student", "ce-distill", "ce-val")
+        }
+        assert len(values) == 4, seed

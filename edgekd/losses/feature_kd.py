@@ -93,12 +93,14 @@ def fsp_loss(
     teacher_features: Sequence[Tensor],
     weights: Sequence[float],
 ) -> Tensor:
-    """FSP: ``sum_j w_j * mean_b ||G_s^j - G_t^j||_F^2`` over consecutive feature pairs.
+    """FSP: ``sum_j w_j * mean_{b, c1, c2} (G_s^j - G_t^j)^2`` over consecutive feature pairs.
 
-    Yim et al., Eq. 2: the FSP matrix of pair ``j`` is :func:`fsp_matrix` of features ``j`` and
-    ``j + 1`` (so ``len(weights) == len(features) - 1``); the larger map is average-pooled to
-    the smaller (RepDistiller ``FSP``). Teacher and student must have the same channel counts
-    at each feature (true for the CIFAR ResNets: 16, 32, 64).
+    The FSP matrix of pair ``j`` is :func:`fsp_matrix` of features ``j`` and ``j + 1`` (so
+    ``len(weights) == len(features) - 1``); the larger map is average-pooled to the smaller.
+    RepDistiller's form (``FSP``: mean over batch and matrix entries, weight 50); Yim et al.'s
+    Eq. 2 sums the entries instead, which only rescales the weight (by ``C1 * C2``; with a
+    sum, weight 50 diverges at once for CIFAR ResNets). Teacher and student must have the
+    same channel counts at each feature (true for the CIFAR ResNets: 16, 32, 64).
     """
     _check_maps("student_features", student_features)
     _check_maps("teacher_features", teacher_features)
@@ -119,5 +121,5 @@ def fsp_loss(
                 f"FSP matrices of pair {j} differ: student {tuple(g_s.shape)}, "
                 f"teacher {tuple(g_t.shape)} (the channel counts must match)"
             )
-        loss = loss + w * (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
+        loss = loss + w * (g_s - g_t).pow(2).mean()
     return loss

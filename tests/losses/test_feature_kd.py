@@ -39,12 +39,13 @@ def test_fsp_hand_value() -> None:
 
 
 def test_fsp_pools_the_larger_map() -> None:
-    """A 2x2 map of ones is average-pooled to 1x1; G = [[3, -1]] against a zero teacher -> 10."""
+    """A 2x2 map of ones is average-pooled to 1x1; G = [[3, -1]] against a zero teacher:
+    mean of (9, 1) = 5, times the weight 0.5."""
     first = torch.ones(1, 1, 2, 2)
     second = torch.tensor([3.0, -1.0]).view(1, 2, 1, 1)
     assert fsp_matrix(first, second).tolist() == [[[3.0, -1.0]]]
     teacher = [torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 1, 1)]
-    assert fsp_loss([first, second], teacher, [0.5]).item() == pytest.approx(5.0)
+    assert fsp_loss([first, second], teacher, [0.5]).item() == pytest.approx(2.5)
 
 
 def test_errors_name_the_problem() -> None:

@@ -13,7 +13,12 @@ import torch
 from flwr.app import Message
 
 from edgekd.clients.app import app as real_client_app
-from edgekd.cloud_edge_training import StudentLoss, select_checkpoint, student_objective
+from edgekd.cloud_edge_training import (
+    StudentLoss,
+    distil_student,
+    select_checkpoint,
+    student_objective,
+)
 from edgekd.config import ExperimentConfig
 from edgekd.experiment import client_data, experiment_split, load_bundle
 from edgekd.inprocess import InProcessGrid
@@ -174,3 +179,22 @@ def test_run_experiment_records_the_sweep(tiny_npz: Path, tmp_path: Path) -> Non
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [1, 2]
     assert all("system-acc" in r and "test-acc" in r for r in rows)
+
+
+def test_diverging_training_fails_loudly() -> None:
+    """A non-finite student loss stops the distillation with an error naming the loss."""
+    torch.manual_seed(0)
+    student, teacher = build_model("resnet8", 4), build_model("resnet8", 4)
+    x, y = torch.randn(8, 3, 8, 8), torch.tensor([0, 1, 2, 3] * 2)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="'st' student loss became nan in epoch 1"):
+        distil_student(
+            student,
+            teacher,
+            (x, y),
+            (x, y),
+            loss=StudentLoss(name="st"),
+            epochs=1,
+            batch_size=8,
+            lr=0.1,
+        )

@@ -68,3 +68,16 @@ def test_batch_checks_only_apply_to_nmd() -> None:
     """A large manifold dimension is irrelevant (and accepted) when the loss is not NMD."""
     cfg = CloudEdgeConfig.from_run_config({"ce-loss": "st", "ce-manifold-dim": 64, "batch-size": 8})
     assert cfg.loss == "st"
+
+
+def test_shipped_profiles_parse() -> None:
+    """base.toml plus each loss file of simulations/cloud-edge gives a valid configuration."""
+    from edgekd.launch import effective_run_config
+
+    folder = ROOT / "simulations" / "cloud-edge"
+    losses = set()
+    for variant in sorted(folder.glob("*.toml")):
+        if variant.name != "base.toml":
+            merged = effective_run_config(ROOT, [str(folder / "base.toml"), str(variant)])
+            losses.add(CloudEdgeConfig.from_run_config(merged).loss)
+    assert losses == {"ce", "st", "at", "fsp", "nmd"}
