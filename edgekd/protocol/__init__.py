@@ -6,7 +6,9 @@ content is described, and whose keys are defined, here and nowhere else:
 - :mod:`edgekd.protocol.common`: record names and the ``query.whoami`` reply;
 - :mod:`edgekd.protocol.cloned_distillation`: train/evaluate of cloned distillation (sync and
   async) and of Flower's FedAvg/FedProx on the edgekd client;
-- :mod:`edgekd.protocol.fedmd`: FedMD's three custom actions and its setup rules.
+- :mod:`edgekd.protocol.fedmd`: FedMD's three custom actions and its setup rules;
+- :mod:`edgekd.protocol.cloud_edge`: cloud-edge confidence offloading (``query.ce_offload``,
+  ``query.ce_answer``).
 
 A new method adds one module here, imported by its strategy and its client handler.
 """
