@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from edgekd.cache import TrainingCache, run_description, state_digest
-from edgekd.cloud_edge_training import DistillOutcome, distil_student
+from edgekd.cloud_edge_training import FEATURE_LOSSES, DistillOutcome, distil_student
 from edgekd.config import ExperimentConfig
 from edgekd.datasets import to_tensors
 from edgekd.experiment import build_experiment_model, core_data, load_bundle, test_data
@@ -112,6 +112,14 @@ class CloudEdge(RoundReports, Strategy):
         self.cloud: dict[str, Any] = {}
         self.sweep: list[dict[str, Any]] = []
         self.cloud_acc: float | None = None
+        if ce.loss in FEATURE_LOSSES:
+            teacher = build_experiment_model(config, name=ce.teacher_model)
+            for role, model in (("student", self.student), ("ce-teacher-model", teacher)):
+                if not hasattr(model, "forward_stages"):
+                    raise ValueError(
+                        f"ce-loss {ce.loss!r} needs per-stage features, but the {role} "
+                        f"{type(model).__name__} has none: use CIFAR ResNets (resnet8/20/...)"
+                    )
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -336,6 +344,8 @@ class CloudEdge(RoundReports, Strategy):
         ``initial_arrays`` and ``num_rounds`` are ignored (the student is built here; one
         round per threshold). ``evaluate_fn`` is called after each round with the student.
         """
+        log(INFO, "%s: settings", self.strategy_name)
+        self.summary()
         self.nodes.request(grid)
         self.prepare()
         self.nodes.map(grid, timeout=self.ce.round_timeout)

@@ -16,6 +16,7 @@ from typing import Any
 from edgekd.cloud_edge_training import STUDENT_LOSSES, StudentLoss
 from edgekd.config import Rules, check_fields, config_value, parse_section
 from edgekd.losses.cloud_edge import MANIFOLDS
+from edgekd.models import list_models
 
 __all__ = ["LOSSES", "CloudEdgeConfig"]
 
@@ -118,6 +119,11 @@ class CloudEdgeConfig:
     def __post_init__(self) -> None:
         """Validate every value, naming the key."""
         check_fields(self, "ce-", _RULES)
+        if self.teacher_model not in list_models():
+            raise ValueError(
+                f"ce-teacher-model must be a registered model, got {self.teacher_model!r}; "
+                f"valid: {', '.join(list_models())}"
+            )
         if len(self.nmd_weights) != 3 or any(not w >= 0 for w in self.nmd_weights):
             raise ValueError(
                 f"ce-nmd-weights must be 3 numbers >= 0 (one per residual stage), "

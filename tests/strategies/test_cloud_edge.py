@@ -198,3 +198,13 @@ def test_diverging_training_fails_loudly() -> None:
             batch_size=8,
             lr=0.1,
         )
+
+
+def test_feature_losses_need_stage_features(tiny_npz: Path, tmp_path: Path) -> None:
+    """A feature loss with a model without forward_stages fails at construction, naming it."""
+    run_config = _run_config(tiny_npz, tmp_path, model="cnn", **{"ce-loss": "at"})
+    cfg = ExperimentConfig.from_run_config(run_config)
+    with pytest.raises(ValueError, match=r"ce-loss 'at' needs per-stage features.*student"):
+        CloudEdge(cfg, CloudEdgeConfig.from_run_config(run_config))
+    st_config = {**run_config, "ce-loss": "st"}
+    CloudEdge(cfg, CloudEdgeConfig.from_run_config(st_config))  # ST needs logits only

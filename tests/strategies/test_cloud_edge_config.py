@@ -56,6 +56,10 @@ def test_lists_are_parsed_and_sigma_one_added() -> None:
         ({"ce-temperature": 0.0}, "ce-temperature must be > 0, got 0.0"),
         ({"ce-ece-bins": 0}, "ce-ece-bins must be >= 1, got 0"),
         ({"ce-teacher-epochs": -1}, "ce-teacher-epochs must be >= 0, got -1"),
+        (
+            {"ce-teacher-model": "resnet7"},
+            "ce-teacher-model must be a registered model, .*'resnet7'",
+        ),
     ],
 )
 def test_bad_values_name_key_and_value(overrides: dict, fragment: str) -> None:
