@@ -62,6 +62,12 @@ def _flat(name: str, features: Tensor) -> Tensor:
     return features.flatten(1)
 
 
+def _unit_scale(gram: Tensor) -> Tensor:
+    """``gram`` in float64, divided by its largest entry (projectors do not change)."""
+    g = gram.double()
+    return g / g.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+
+
 def _centred_gram(x: Tensor) -> Tensor:
     xc = x - x.mean(dim=0, keepdim=True)
     return xc @ xc.T
@@ -87,7 +93,7 @@ def pca_projector(gram: Tensor, dim: int) -> Tensor:
         d = min(dim, n - 1)
         if d < 1:
             return torch.zeros_like(gram)
-        _, vectors = torch.linalg.eigh(gram.double())
+        _, vectors = torch.linalg.eigh(_unit_scale(gram))
         q = vectors[:, -d:]
         return (q @ q.T).to(gram.dtype)
 
@@ -125,7 +131,7 @@ def ltsa_projector(gram: Tensor, dim: int, neighbors: int) -> Tensor:
         d = min(dim, k - 1)
         if d < 1:
             return torch.zeros_like(gram)
-        g = gram.double()
+        g = _unit_scale(gram)
         sq = g.diagonal()
         dist = sq[:, None] + sq[None, :] - 2 * g
         dist.fill_diagonal_(float("inf"))
@@ -172,6 +178,8 @@ def manifold_gram(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     x = _flat("features", features)
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError("features contain NaN or inf: the network has diverged")
     k = _centred_gram(x)
     if manifold == "linear":
         p = pca_projector(k.detach(), dim)

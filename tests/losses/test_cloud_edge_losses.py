@@ -82,6 +82,14 @@ def test_linear_gram_is_eq12_gram() -> None:
     np.testing.assert_allclose(got, expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+def test_large_feature_scales_are_handled(manifold: str) -> None:
+    """Features of magnitude 1e6 (untrained deep nets) give the same geometry as at scale 1."""
+    x = _features()
+    got = manifold_gram(1e6 * x, manifold=manifold, dim=3, neighbors=6)
+    torch.testing.assert_close(got, manifold_gram(x, manifold=manifold, dim=3, neighbors=6))
+
+
 @pytest.mark.parametrize(("dim", "neighbors"), [(1, 6), (2, 8), (2, 12)])
 def test_ltsa_subspace_matches_sklearn(dim: int, neighbors: int) -> None:
     """The LTSA coordinates span the same subspace as sklearn's LTSA on a swiss roll."""
@@ -215,6 +223,8 @@ def test_errors_name_the_bad_value() -> None:
         manifold_gram(x, manifold="isomap")
     with pytest.raises(ValueError, match=r"dim.*0"):
         manifold_gram(x, dim=0)
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        manifold_gram(torch.full((4, 3), float("nan")), manifold="ltsa", dim=1, neighbors=2)
     with pytest.raises(ValueError, match="batch 4 does not match teacher batch 3"):
         manifold_distance(x, x[:3])
     logits = torch.zeros(4, 3)
