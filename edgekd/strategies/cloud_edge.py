@@ -68,7 +68,6 @@ from edgekd.strategies.common import (
     error_reason,
     instruction,
     reply_metrics,
-    scalar_metrics,
 )
 from edgekd.strategies.registry import StrategyContext, register_strategy
 from edgekd.training import predict_logits, train_supervised
@@ -112,6 +111,13 @@ class CloudEdge(RoundReports, Strategy):
         self.cloud: dict[str, Any] = {}
         self.sweep: list[dict[str, Any]] = []
         self.cloud_acc: float | None = None
+        # augmentation as in cloned distillation: horizontal flips only for images >= 16 px
+        core = core_data(config)
+        self._augment = {
+            "augment": config.augment,
+            "padding": core.padding,
+            "flip": self.test.x.shape[-1] >= 16,
+        }
         if ce.loss in FEATURE_LOSSES:
             teacher = build_experiment_model(config, name=ce.teacher_model)
             for role, model in (("student", self.student), ("ce-teacher-model", teacher)):
@@ -185,8 +191,7 @@ class CloudEdge(RoundReports, Strategy):
                 momentum=self.config.momentum,
                 weight_decay=self.config.weight_decay,
                 seed=seed,
-                augment=self.config.augment,
-                padding=core_data(self.config).padding,
+                **self._augment,
                 lr_schedule="cosine",
             )
             return {"state": teacher.state_dict()}
@@ -221,7 +226,7 @@ class CloudEdge(RoundReports, Strategy):
             momentum=self.config.momentum,
             weight_decay=self.config.weight_decay,
             seed=seed,
-            augment={"augment": self.config.augment, "padding": core_data(self.config).padding},
+            augment=self._augment,
             ece_bins=self.ce.ece_bins,
             tolerance=self.ce.select_tolerance,
         )
@@ -303,6 +308,9 @@ class CloudEdge(RoundReports, Strategy):
                 node = reply.metadata.src_node_id
                 answers.append(instruction(answer, ANSWER_TYPE, node, str(server_round)))
                 edges[label]["status"] = "no answer reply"
+        for node in self.nodes.edges:
+            label = str(self.nodes.label(node))
+            edges.setdefault(label, {"status": f"no reply within {self.ce.round_timeout:g} s"})
         for reply in grid.send_and_receive(answers, timeout=self.ce.round_timeout):
             edge = edges[str(self.nodes.label(reply.metadata.src_node_id))]
             reason = error_reason(reply)
@@ -368,7 +376,6 @@ class CloudEdge(RoundReports, Strategy):
                 metrics = evaluate_fn(server_round, arrays)
                 if metrics is not None:
                     result.evaluate_metrics_serverapp[server_round] = metrics
-            result.train_metrics_clientapp[server_round] = scalar_metrics(row)
         if not any(row.get("edges-ok") for row in self.sweep):
             raise FederationError(
                 f"{self.strategy_name}: no edge completed an offloading exchange "

@@ -208,3 +208,23 @@ def test_feature_losses_need_stage_features(tiny_npz: Path, tmp_path: Path) -> N
         CloudEdge(cfg, CloudEdgeConfig.from_run_config(run_config))
     st_config = {**run_config, "ce-loss": "st"}
     CloudEdge(cfg, CloudEdgeConfig.from_run_config(st_config))  # ST needs logits only
+
+
+def test_a_failing_edge_is_left_out_with_its_reason(tiny_npz: Path, tmp_path: Path) -> None:
+    """An edge whose data is missing answers with errors: its reason is recorded and the
+    figures come from the other edge alone."""
+    run_config = _run_config(tiny_npz, tmp_path, **{"ce-loss": "st", "ce-sigmas": "0"})
+    cfg = ExperimentConfig.from_run_config(run_config)
+    strategy = CloudEdge(cfg, CloudEdgeConfig.from_run_config(run_config))
+    broken = {"partition-id": 1, "num-partitions": 2, "npz-path": str(tmp_path / "none.npz")}
+    grid = InProcessGrid(
+        real_client_app,
+        run_config,
+        num_nodes=2,
+        node_configs=[{"partition-id": 0, "num-partitions": 2}, broken],
+    )
+    strategy.start(grid, initial_arrays=None)
+    for row in strategy.sweep:
+        assert row["edges-ok"] == 1 and row["num-examples"] == len(client_data(cfg, 0))
+        failed = [e for label, e in row["edges"].items() if label != "0"]
+        assert len(failed) == 1 and "cannot load this node's data" in failed[0]["status"]
