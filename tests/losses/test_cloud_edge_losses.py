@@ -52,6 +52,21 @@ def test_invariant_to_rotation_and_sign_flips(manifold: str) -> None:
 
 
 @pytest.mark.parametrize("manifold", MANIFOLDS)
+def test_loss_unchanged_when_either_side_is_rotated(manifold: str) -> None:
+    """For different teacher and student features, rotating and sign-flipping either side's
+    features leaves the (non-zero) distance unchanged."""
+    s, t = _features(seed=3), _features(width=7, seed=4)
+    options = {"manifold": manifold, "dim": 3, "neighbors": 6}
+    base = manifold_distance(s, t, **options).item()
+    flips = torch.tensor([-1.0, 1.0] * 5, dtype=torch.float64)
+    moved_s = (s @ _orthogonal(10, 5)) * flips
+    moved_t = -(t @ _orthogonal(7, 6))
+    assert base > 0.01
+    assert manifold_distance(moved_s, t, **options).item() == pytest.approx(base, abs=1e-9)
+    assert manifold_distance(s, moved_t, **options).item() == pytest.approx(base, abs=1e-9)
+
+
+@pytest.mark.parametrize("manifold", MANIFOLDS)
 def test_invariant_to_width_and_scale(manifold: str) -> None:
     """A wider (zero-padded) and rescaled copy of the teacher's features is at distance 0."""
     x = _features()
