@@ -131,7 +131,8 @@ def select_checkpoint(val_acc: Sequence[float], val_ece: Sequence[float], tolera
     if not 0 <= tolerance <= 1:
         raise ValueError(f"tolerance must be in [0, 1], got {tolerance!r}")
     best = max(val_acc)
-    close = [i for i, acc in enumerate(val_acc) if acc >= best - tolerance]
+    # 1e-12: accuracies exactly at best - tolerance count despite float rounding (0.8 - 0.1)
+    close = [i for i, acc in enumerate(val_acc) if acc >= best - tolerance - 1e-12]
     return min(close, key=lambda i: (val_ece[i], -i))
 
 

@@ -60,7 +60,7 @@ def test_select_checkpoint_rule() -> None:
     ece = [0.01, 0.20, 0.05, 0.02, 0.20]
     assert select_checkpoint(acc, ece, 0.0) == 4  # 1 and 4 tie on ECE: the later
     assert select_checkpoint(acc, ece, 0.01) == 2
-    assert select_checkpoint(acc, ece, 0.15) == 3
+    assert select_checkpoint(acc, ece, 0.1) == 3  # 0.70 is exactly 0.80 - 0.1: included
     assert select_checkpoint(acc, ece, 1.0) == 0
     with pytest.raises(ValueError, match="tolerance"):
         select_checkpoint(acc, ece, 2.0)
