@@ -268,7 +268,7 @@ class SimulatedEdges:
     ``sim-noisy-edges`` (comma-separated partition ids that train on corrupted data),
     ``sim-noise-p`` (per-batch corruption probability) and ``sim-noise-mode``
     (``"shuffle"``: input-label pairs of a batch are shuffled, the paper's protocol; ``"flip"``:
-    labels replaced by another class).
+    labels replaced by another class; ``"pair"``: class c becomes c + 1, pair flipping).
     """
 
     lag_edges: tuple[tuple[int, float, float], ...] = field(
@@ -282,7 +282,7 @@ class SimulatedEdges:
 
     def __post_init__(self) -> None:
         """Validate the values, naming the bad one."""
-        check_fields(self, "sim-", Rules(choices={"noise_mode": ("shuffle", "flip")}))
+        check_fields(self, "sim-", Rules(choices={"noise_mode": ("shuffle", "flip", "pair")}))
         check_fields(self, "sim-", Rules(within={"noise_p": "[0, 1]"}))
         for pid, low, high in self.lag:
             if low < 0 or high < low:

@@ -21,6 +21,7 @@ from edgekd.losses import prox_term
 from edgekd.seeds import derive_seed
 
 __all__ = [
+    "LABEL_NOISES",
     "LR_SCHEDULES",
     "EpochStats",
     "EvalResult",
@@ -118,6 +119,7 @@ def make_optimizer(
 
 
 LR_SCHEDULES = ("constant", "cosine")
+LABEL_NOISES = ("none", "shuffle", "flip", "pair")
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
@@ -182,10 +184,12 @@ def train_supervised(
         FedProx proximal weight; needs ``global_params`` when positive.
     global_params : Sequence[torch.Tensor], optional
         Parameters of the received global model for the proximal term.
-    label_noise : {"none", "shuffle", "flip"}
+    label_noise : {"none", "shuffle", "flip", "pair"}
         Corrupt the training data of a noisy edge: with probability ``label_noise_p`` per
         batch, "shuffle" permutes the batch's input-label pairs (the cloned-distillation
-        paper's protocol), "flip" replaces every label by a random other class.
+        paper's protocol), "flip" replaces every label by a random other class, "pair" maps
+        class c to class c + 1 (mod C), the systematic "pair flipping" noise of Han et al.,
+        "Co-teaching", NeurIPS 2018.
     label_noise_p : float
         Per-batch corruption probability.
     """
@@ -195,8 +199,8 @@ def train_supervised(
         raise ValueError("cannot train on an empty dataset (0 examples)")
     if proximal_mu > 0 and global_params is None:
         raise ValueError(f"proximal_mu={proximal_mu} needs global_params")
-    if label_noise not in {"none", "shuffle", "flip"}:
-        raise ValueError(f"label_noise must be 'none', 'shuffle' or 'flip', got {label_noise!r}")
+    if label_noise not in LABEL_NOISES:
+        raise ValueError(f"label_noise must be one of {LABEL_NOISES}, got {label_noise!r}")
     if not 0.0 <= label_noise_p <= 1.0:
         raise ValueError(f"label_noise_p must be in [0, 1], got {label_noise_p}")
     noise = torch.Generator().manual_seed(derive_seed("label-noise", seed))
@@ -229,6 +233,8 @@ def _corrupt(
 ) -> torch.Tensor:
     if mode == "shuffle":
         return labels[torch.randperm(len(labels), generator=generator)]
+    if mode == "pair":
+        return (labels + 1) % num_classes
     offsets = torch.randint(1, num_classes, labels.shape, generator=generator)
     return (labels + offsets) % num_classes
 

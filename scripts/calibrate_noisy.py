@@ -30,7 +30,9 @@ from repro_common import ROOT, compact_run, run_profile
 CD = ROOT / "simulations" / "cloned-distillation"
 LN = ROOT / "simulations" / "lagged-noisy"
 OUT = ROOT / "results" / "lagged_noisy"
-CANDIDATES = [("shuffle", 0.8), ("shuffle", 1.0), ("flip", 1.0)]  # the paper's first
+# the paper's first; then ever stronger: random labels, random wrong labels, and the systematic
+# "pair flipping" of the noisy-label literature (class c trained as c + 1), half and all batches
+CANDIDATES = [("shuffle", 0.8), ("shuffle", 1.0), ("flip", 1.0), ("pair", 0.5), ("pair", 1.0)]
 MIN_DAMAGE = 0.02
 NOISY_EDGES = (3, 6)
 GRID = [round(0.5 + 0.01 * i, 2) for i in range(50)]

@@ -40,7 +40,18 @@ TABLE = ROOT / "results" / "cloned_distillation" / "compact"
 LAG = {"late-used": "lag-late-used", "late-used-polynomial": "lag-late-used-polynomial"}
 LAG_CHECKS = {"normal": "lag-normal", "late-omitted": "lag-late-omitted"}
 NOISY = {"no-detection": "noisy-no-detection", "detection": "noisy-detection"}
-TEACHER_KEYS = ("edge", "dispatch-round", "consumed-round", "staleness", "status", "teacher-weight")
+TEACHER_KEYS = (
+    "edge",
+    "dispatch-round",
+    "consumed-round",
+    "staleness",
+    "status",
+    "teacher-weight",
+    "teacher-acc-mean",
+    "teacher-ensemble-acc",
+    "core-acc-before",
+    "core-acc-after",
+)
 PAPER = {"normal": 64.25, "late_used": 63.37, "late_omitted": 62.65}
 
 
@@ -131,8 +142,13 @@ def lag_summary(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -
     staleness = [
         [t.get("staleness") for t in run["teachers"] if t.get("status") == "ok"] for run in late
     ]
+    late_teacher = [next(t for t in run["teachers"] if t.get("staleness") == 2) for run in late]
     return {
         **{c: final_stats(v, seeds) for c, v in cases.items()},
+        "late_teacher_minus_core": [
+            t["teacher-acc-mean"] - t["core-acc-before"] for t in late_teacher
+        ],
+        "late_teacher_acc": [t["teacher-acc-mean"] for t in late_teacher],
         "paired": {f"{a}-{b}": paired(cases[a], cases[b]) for a, b in pairs},
         "checks": checks,
         "staleness": staleness,

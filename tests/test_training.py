@@ -152,6 +152,21 @@ def test_label_noise_flip_always_changes_every_label() -> None:
     assert clean.accuracy == 1.0 and flipped.accuracy == 0.0
 
 
+def test_label_noise_pair_maps_every_label_to_the_next_class() -> None:
+    """pair with p=1 trains class 1 as class 0 (c + 1 mod 2): the zero model (always 0), wrong
+    on every clean label 1, is right on every corrupted one; p=0 changes nothing."""
+    y = torch.ones(4, dtype=torch.long)
+    paired = train_supervised(
+        _zero_linear(), X, y, epochs=1, batch_size=4, lr=0.0, label_noise="pair", label_noise_p=1.0
+    )
+    never = train_supervised(
+        _zero_linear(), X, y, epochs=1, batch_size=4, lr=0.0, label_noise="pair", label_noise_p=0.0
+    )
+    assert paired.accuracy == 1.0 and never.accuracy == 0.0
+    with pytest.raises(ValueError, match="'pairs'"):
+        train_supervised(_zero_linear(), X, y, epochs=1, batch_size=4, lr=0.1, label_noise="pairs")
+
+
 def test_label_noise_shuffle_permutes_within_the_batch() -> None:
     """shuffle keeps the batch's labels (a permutation): with equal labels nothing changes."""
     y = torch.zeros(4, dtype=torch.long)
