@@ -77,7 +77,15 @@ def lag_section(lag: dict[str, Any], paper: dict[str, float]) -> list[str]:
             f"| {case} | {mean(values):.4f} | {', '.join(f'{v:.3f}' for v in values)} "
             f"| {f'{paper[case]:.2f} %' if case in paper else '—'} |"
         )
-    lines += ["", f"Staleness of the used late teachers per seed: {lag['staleness']}.", ""]
+    gaps = lag["late_teacher_minus_core"]
+    lines += [
+        "",
+        f"Staleness of the used late teachers per seed: {lag['staleness']}. When it arrives, "
+        "the late edge is ahead of the core by (mean test accuracy of its clones − the core's) "
+        f"{', '.join(f'{g:+.4f}' for g in gaps)} (mean {mean(gaps):+.4f}): what a late teacher "
+        "can still add.",
+        "",
+    ]
     for name, check in lag["checks"].items():
         lines.append(
             f"- Check `{name}` (seed {check['seed']}): its own run {check['run']:.4f}, derived "

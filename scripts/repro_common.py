@@ -126,13 +126,18 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
     low, high = mean - half, mean + half
     verdict = "holds" if low > 0 else ("does not hold" if high < 0 else "unresolved")
-    return {"mean": mean, "ci95": [low, high], "n": n, "verdict": verdict, "per_seed": diffs}
+    entry = {"mean": mean, "ci95": [low, high], "n": n, "verdict": verdict, "per_seed": diffs}
+    if verdict == "unresolved" and mean != 0:
+        # seeds a normal-approximation interval would need to exclude 0 at this mean and spread
+        entry["seeds_to_resolve"] = math.ceil((1.96 * statistics.stdev(diffs) / abs(mean)) ** 2)
+    return entry
 
 
 def format_paired(name: str, entry: dict[str, Any]) -> str:
     """One markdown table row of a paired difference."""
     low, high = entry["ci95"]
+    needed = entry.get("seeds_to_resolve")
+    verdict = entry["verdict"] + (f" (≈{needed} seeds to resolve)" if needed else "")
     return (
-        f"| {name} | {entry['mean']:+.4f} | [{low:+.4f}, {high:+.4f}] | {entry['n']} "
-        f"| {entry['verdict']} |"
+        f"| {name} | {entry['mean']:+.4f} | [{low:+.4f}, {high:+.4f}] | {entry['n']} | {verdict} |"
     )
