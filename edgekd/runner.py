@@ -32,6 +32,7 @@ from edgekd.experiment import (
     test_data,
     validate_names,
 )
+from edgekd.progress import Stage, eta_seconds, stage
 from edgekd.results import RunRecorder
 from edgekd.strategies import (
     StrategyContext,
@@ -148,9 +149,12 @@ class RoundRecorder:
         self.model = model
         self.test = test_data(cfg)
         self.started = time.monotonic()
+        self.rounds: Stage | None = None  # the run's "rounds" stage, set by run_experiment
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Record round ``server_round``; the central evaluation's metrics (or None)."""
+        if self.rounds is not None and 1 <= server_round <= self.cfg.num_server_rounds:
+            self.rounds.advance()
         round_report = getattr(self.strategy, "round_report", None)
         if round_report is not None:
             self.recorder.log_round(server_round, round_report(server_round))
@@ -166,14 +170,22 @@ class RoundRecorder:
         )
         log(
             INFO,
-            "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs)",
+            "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs%s)",
             server_round,
             self.cfg.num_server_rounds,
             result.accuracy,
             result.loss,
             elapsed,
+            self._eta(),
         )
         return MetricRecord({"test-loss": result.loss, "test-acc": result.accuracy})
+
+    def _eta(self) -> str:
+        """``", ETA 12s"`` for the rounds left, at this process's pace so far ("" if none)."""
+        if self.rounds is None:
+            return ""
+        eta = eta_seconds(self.rounds.done, self.rounds.total, self.rounds.elapsed)
+        return "" if eta is None else f", ETA {eta:.0f}s"
 
     def save_run_files(self) -> None:
         """Write the strategy's extra JSON files (``run_files()``), if it has any."""
@@ -200,14 +212,16 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> 
             "weight-decay": cfg.weight_decay,
         }
     )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
-        train_config=train_config,
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=round_end,
-    )
+    with stage("rounds", total=cfg.num_server_rounds, unit="rounds") as rounds:
+        round_end.rounds = rounds
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_server_rounds,
+            train_config=train_config,
+            evaluate_config=ConfigRecord(),
+            evaluate_fn=round_end,
+        )
     round_end.save_run_files()
     for server_round, metrics in result.train_metrics_clientapp.items():
         row = recorder.rounds.get(server_round, {})

@@ -143,7 +143,7 @@ class ClonedDistillation(RoundReports, Strategy):
     def _state(self, model: torch.nn.Module) -> ArrayRecord:
         return ArrayRecord(model.state_dict())
 
-    def _train_on_core(self, model: torch.nn.Module, seed: int) -> float:
+    def _train_on_core(self, model: torch.nn.Module, seed: int, progress: str) -> float:
         return train_on_core(
             model,
             self.core,
@@ -152,6 +152,7 @@ class ClonedDistillation(RoundReports, Strategy):
             lr=self.cd.core_lr,
             seed=seed,
             flip=self._flip,
+            progress=progress,
         )
 
     def phase0(self) -> None:
@@ -163,11 +164,11 @@ class ClonedDistillation(RoundReports, Strategy):
             self.cd.core_epochs,
             len(self.core),
         )
-        self._train_on_core(self.model, seed=self.config.seed)
+        self._train_on_core(self.model, seed=self.config.seed, progress="Phase 0: core model")
         if self.cd.edge_init == "independent":
             seed = self.config.seed + self.cd.independent_seed_offset
             self.independent = build_experiment_model(self.config, seed=seed)
-            self._train_on_core(self.independent, seed=seed)
+            self._train_on_core(self.independent, seed=seed, progress="Phase 0: independent model")
         self.pool = make_distill_pool(
             self.core.x,
             self.core.y,
@@ -304,6 +305,7 @@ class ClonedDistillation(RoundReports, Strategy):
             weight_decay=self.config.weight_decay,
             teacher_weights=weights if len(weights) else None,
             seed=derive_seed("distill", self.config.seed, server_round=server_round),
+            progress=f"distillation (round {server_round})",
         )
 
     # ------------------------------------------------------------------ Phase 2, step by step
