@@ -19,6 +19,7 @@ The settings (``cd-*``) and the variant names are in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -53,6 +54,7 @@ from edgekd.strategies.common import (
 )
 from edgekd.strategies.core_model import train_on_core
 from edgekd.strategies.registry import StrategyContext, register_strategy
+from edgekd.strategies.rounds import run_rounds
 from edgekd.strategies.teacher_memory import EdgeTeacher, TeacherMemory, TeacherOutputs
 from edgekd.training import TrainResult, evaluate, predict_logits
 
@@ -99,6 +101,7 @@ class ClonedDistillation(RoundReports, Strategy):
         self._flip = self.test.x.shape[-1] >= 16
         self._current_edge: int | None = None
         self._current_round_sent: float = 0.0
+        self.resumed_round = 0  # the round restored from a checkpoint (0: a fresh run)
 
     @property
     def memory(self) -> deque[EdgeTeacher]:
@@ -169,7 +172,18 @@ class ClonedDistillation(RoundReports, Strategy):
             seed = self.config.seed + self.cd.independent_seed_offset
             self.independent = build_experiment_model(self.config, seed=seed)
             self._train_on_core(self.independent, seed=seed, progress="Phase 0: independent model")
-        self.pool = make_distill_pool(
+        self.pool = self._make_pool()
+        acc = evaluate(self.model, self.test.x, self.test.y).accuracy
+        log(
+            INFO,
+            "cloned-distillation: Phase 0 done in %.1fs, core test-acc %.4f",
+            time.monotonic() - started,
+            acc,
+        )
+
+    def _make_pool(self) -> DistillPool:
+        """The distillation pool: seeded, so a resumed run rebuilds the same one."""
+        return make_distill_pool(
             self.core.x,
             self.core.y,
             views=self.cd.distill_views or max(1, self.cd.distill_epochs),
@@ -178,13 +192,30 @@ class ClonedDistillation(RoundReports, Strategy):
             flip=self._flip,
             seed=derive_seed("distill-pool", self.config.seed),
         )
-        acc = evaluate(self.model, self.test.x, self.test.y).accuracy
-        log(
-            INFO,
-            "cloned-distillation: Phase 0 done in %.1fs, core test-acc %.4f",
-            time.monotonic() - started,
-            acc,
-        )
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs: the core (and independent) model, the temporal memory
+        (each edge's cached teacher logits) and the detection statistics."""
+        return {
+            "model": self.model.state_dict(),
+            "independent": None if self.independent is None else self.independent.state_dict(),
+            "memory": [dataclasses.asdict(entry) for entry in self.memory],
+            "accepted-scores": list(self.teachers.accepted_scores),
+        }
+
+    def restore_checkpoint(self, state: dict[str, Any], server_round: int) -> None:
+        """Load :meth:`checkpoint_state`; :meth:`start` then goes on after ``server_round``."""
+        self.model.load_state_dict(state["model"], strict=True)
+        if state["independent"] is not None:
+            seed = self.config.seed + self.cd.independent_seed_offset
+            self.independent = build_experiment_model(self.config, seed=seed)
+            self.independent.load_state_dict(state["independent"], strict=True)
+        self.memory.clear()
+        self.memory.extend(EdgeTeacher(**entry) for entry in state["memory"])
+        self.teachers.accepted_scores = [float(v) for v in state["accepted-scores"]]
+        self.pool = self._make_pool()
+        self.resumed_round = server_round
 
     # ------------------------------------------------------------------ Strategy API
     def configure_train(
@@ -403,12 +434,17 @@ class ClonedDistillation(RoundReports, Strategy):
         ``initial_arrays`` is ignored: the core model is built and trained at the server.
         ``options`` are Flower's other ``start`` arguments, by keyword (``timeout`` is capped
         at ``cd-round-timeout``). The nodes are asked for their partitions before Phase 0 and
-        answer while it runs.
+        answer while it runs. After :meth:`restore_checkpoint` it continues with the next
+        round (:func:`edgekd.strategies.rounds.run_rounds`) instead.
         """
         if not self.cd.is_control:
             self.nodes.request(grid)
-        self.phase0()
         timeout = min(options.pop("timeout", 3600), self.cd.round_timeout)
+        if self.resumed_round:  # restored from a checkpoint: no Phase 0, no round 0
+            first = self.resumed_round + 1
+            arrays = self._state(self.model)
+            return run_rounds(self, grid, arrays, first_round=first, timeout=timeout, **options)
+        self.phase0()
         return super().start(grid, self._state(self.model), timeout=timeout, **options)
 
 
