@@ -84,7 +84,8 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"cannot resume: no checkpoint in {folder} (expected {CHECKPOINT}, written after "
-            "every complete round; none was written if the run stopped before round 1 ended)"
+            "every complete round; none is written before round 1 ends, nor for a strategy "
+            "that cannot resume, e.g. fedmd, whose clients keep their models on the nodes)"
         )
     state = torch.load(path, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -285,6 +285,8 @@ def run_experiment(
     model = build_experiment_model(cfg, seed=cfg.seed)
     round_end = RoundRecorder(cfg, recorder, strategy, model, run_config)
     first_round, arrays = 1, ArrayRecord(model.state_dict())
+    if not resumable(strategy):
+        log(INFO, "edgekd: strategy %s writes no checkpoint (cannot resume)", cfg.strategy)
     if resume:
         first_round, arrays = round_end.resume(out_dir)
     total = cfg.num_server_rounds - first_round + 1
