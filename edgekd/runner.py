@@ -162,12 +162,15 @@ class RoundRecorder:
         self.test = test_data(cfg)
         self.started = time.monotonic()
         self.rounds: Stage | None = None  # the run's "rounds" stage, set by run_experiment
+        self._pace_from: tuple[float, int] | None = None  # (time, rounds done) at round 0
         self.result = Result()  # shared with Flower's round loop (the checkpoint holds it)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Record round ``server_round``; the central evaluation's metrics (or None)."""
         if self.rounds is not None and 1 <= server_round <= self.cfg.num_server_rounds:
             self.rounds.advance()
+        if server_round == 0 and self.rounds is not None:  # the ETA leaves out Phase 0
+            self._pace_from = (time.monotonic(), self.rounds.done)
         round_report = getattr(self.strategy, "round_report", None)
         if round_report is not None:
             self.recorder.log_round(server_round, round_report(server_round))
@@ -200,10 +203,14 @@ class RoundRecorder:
         return MetricRecord({"test-loss": result.loss, "test-acc": result.accuracy})
 
     def _eta(self) -> str:
-        """``", ETA 12s"`` for the rounds left, at this process's pace so far ("" if none)."""
+        """``", ETA 12s"`` for the rounds left, at the pace of this process's rounds since
+        round 0 (or since the resumption); "" before there is a pace."""
         if self.rounds is None:
             return ""
-        eta = eta_seconds(self.rounds.done, self.rounds.total, self.rounds.elapsed)
+        since, done_then = self._pace_from or (self.rounds.started, 0)
+        eta = eta_seconds(
+            self.rounds.done - done_then, self.rounds.total - done_then, time.monotonic() - since
+        )
         return "" if eta is None else f", ETA {eta:.0f}s"
 
     def save_run_files(self) -> None:
