@@ -129,3 +129,17 @@ def test_rounds_log_one_stage_line_and_an_eta_per_round(
     assert round_lines[-1].endswith(", ETA 0s)")
     training = [x for x in lines if x.startswith("edgekd: edge ") and " training " in x]
     assert len(training) == 6  # one line per client training (2 clients x 3 rounds)
+
+
+def test_which_strategies_checkpoint() -> None:
+    """Flower's loop (FedAvg) and strategies with restore_checkpoint (cloned distillation,
+    async) checkpoint; FedMD, whose clients keep their models on the nodes, does not."""
+    from edgekd.runner import resumable
+    from edgekd.strategies.async_cloned_distillation import AsyncClonedDistillation
+    from edgekd.strategies.cloned_distillation import ClonedDistillation
+    from edgekd.strategies.fedmd import FedMD
+
+    assert resumable(FedAvg())
+    assert resumable(object.__new__(ClonedDistillation))
+    assert resumable(object.__new__(AsyncClonedDistillation))
+    assert not resumable(object.__new__(FedMD))
