@@ -45,14 +45,15 @@ BENCHMARKS: dict[str, list[str]] = {
     ],
     "fab_staging": ["fab_staging.py", "--repeats", "3"],
     "scale": ["scale.py", "--repeats", "3"],
+    "scale_fixed": ["scale_fixed.py"],
     "threads": ["threads.py", "--repeats", "3"],
     "ray_cluster": ["ray_cluster.py"],
 }
 TARGETS = {
     "overhead_ratio": ("<= 1.15", 1.15),
     "kd_cost_ratio_m5_m1": ("<= 1.3", 1.3),
-    "round_time_ratio_1000_10": ("<= 1.2", 1.2),
-    "rss_ratio_1000_10": ("<= 1.2", 1.2),
+    "round_time_ratio_1000_10_fixed": ("<= 1.2", 1.2),
+    "rss_ratio_1000_10_fixed": ("<= 1.2", 1.2),
 }
 
 
@@ -82,18 +83,18 @@ def spread(stats: dict[str, Any] | None, digits: int = 2) -> str:
 
 def collect() -> dict[str, Any]:
     """The headline figures of all JSON files, as ``results.json``."""
-    overhead, distill, scale = load("overhead"), load("distill_cost"), load("scale")
+    overhead, distill, fixed = load("overhead"), load("distill_cost"), load("scale_fixed")
     figures: dict[str, Any] = {
         "overhead_ratio": overhead["overhead_ratio"] if overhead else None,
         "kd_cost_ratio_m5_m1": distill["kd_cost_ratio_m5_m1"] if distill else None,
-        "round_time_ratio_1000_10": scale.get("round_time_ratio_1000_10") if scale else None,
-        "rss_ratio_1000_10": scale.get("rss_ratio_1000_10") if scale else None,
+        "round_time_ratio_1000_10_fixed": _worst_ratio(fixed, "round_time"),
+        "rss_ratio_1000_10_fixed": _worst_ratio(fixed, "rss"),
     }
     sources = {
         "overhead_ratio": overhead,
         "kd_cost_ratio_m5_m1": distill,
-        "round_time_ratio_1000_10": scale,
-        "rss_ratio_1000_10": scale,
+        "round_time_ratio_1000_10_fixed": fixed,
+        "rss_ratio_1000_10_fixed": fixed,
     }
     result: dict[str, Any] = {}
     for key, stats in figures.items():
@@ -104,9 +105,37 @@ def collect() -> dict[str, Any]:
         entry["command"] = source["command"] if source else None
         entry["date"] = source["date"] if source else None
         result[key] = entry
+    result["scale_10000_edges"] = _ten_thousand(fixed)
     result["machine"] = machine()
     result["date"] = today()
     return result
+
+
+def _worst_ratio(data: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """The larger 1,000/10-edge ratio of FedAvg and cloned distillation (one repeat each)."""
+    ratios = (data or {}).get("ratios_1000_10") or {}
+    values = {strategy: r[kind] for strategy, r in ratios.items()}
+    if not values:
+        return None
+    worst = max(values.values())
+    return {"median": worst, "min": worst, "max": worst, "repeats": 1, "per_strategy": values}
+
+
+def _ten_thousand(data: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What happened at 10,000 edges, per strategy: the figures or the measured failure."""
+    found = []
+    for run in (data or {}).get("runs", []):
+        if run["edges"] == 10000:
+            entry = {
+                k: run.get(k)
+                for k in ("strategy", "returncode", "wall_s", "first_round_s", "round_s_median")
+            }
+            entry["peak_rss_mb"] = run["memory"].get("peak_rss_mb")
+            entry["rounds_recorded"] = run.get("rounds_recorded")
+            if "error" in run:
+                entry["error_tail"] = run["error"][-600:]
+            found.append(entry)
+    return found
 
 
 def _summary_table(results: dict[str, Any]) -> list[str]:
@@ -284,6 +313,52 @@ def _scale_section(data: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _scale_fixed_section(data: dict[str, Any] | None) -> list[str]:
+    lines = ["### 3b. Scale with fixed data per edge: 10 to 10,000 SuperNodes", ""]
+    if not data:
+        return [*lines, "Not measured.", ""]
+    s = data["settings"]
+    lines += [
+        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} "
+        f"Engine: {data['engine']}; every edge holds {s['per_edge']} images of `{s['data']}` "
+        f"({s['partitioner']}), model {s['model']}, {s['rounds']} rounds, one SuperNode per "
+        f"edge, 1 CPU per virtual client, one run per point; per-run timeout "
+        f"{fmt(s['timeout_s'], 0)} s. Strategies: "
+        + "; ".join(f"`{k}`: {v}" for k, v in s["strategies"].items())
+        + ". Time per round: median over rounds ≥ 2 of the ServerApp's clock. First round: "
+        "seconds from the launcher's start to the ServerApp's round-1 line (SuperLink, Ray "
+        "and node start-up, Phase 0, partition mapping). Memory: peak sum over the process "
+        "tree of `edgekd.launch`, sampled every 0.5 s.",
+        "",
+        "| strategy | edges | exit | s per round | s to first round | wall s | peak RSS MB | "
+        "peak PSS MB | processes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in data["runs"]:
+        memory = run["memory"]
+        lines.append(
+            f"| {run['strategy']} | {run['edges']} | {run['returncode']} | "
+            f"{fmt(run.get('round_s_median'), 2)} | {fmt(run.get('first_round_s'), 0)} | "
+            f"{fmt(run['wall_s'], 0)} | {fmt(memory.get('peak_rss_mb'), 0)} | "
+            f"{fmt(memory.get('peak_pss_mb'), 0)} | {memory.get('peak_processes', 'n/a')} |"
+        )
+    for strategy, ratio in (data.get("ratios_1000_10") or {}).items():
+        lines.append(
+            f"\n1,000 / 10 edges, {strategy}: round time {fmt(ratio['round_time'], 3)}, "
+            f"RSS {fmt(ratio['rss'], 3)}, PSS {fmt(ratio['pss'], 3)}"
+        )
+    failed = [r for r in data["runs"] if "error" in r]
+    for run in failed:
+        tail = " / ".join(line.strip() for line in run["error"].splitlines()[-3:])
+        lines.append(
+            f"\n{run['strategy']} at {run['edges']} edges did not finish (exit "
+            f"{run['returncode']}, {fmt(run['wall_s'], 0)} s, {run['rounds_recorded']} rounds "
+            f"recorded, peak RSS {fmt(run['memory'].get('peak_rss_mb'), 0)} MB); last lines: "
+            f"`{tail[-300:]}`"
+        )
+    return [*lines, ""]
+
+
 def _threads_section(data: dict[str, Any] | None) -> list[str]:
     lines = ["## 4. Torch threads per virtual client", ""]
     if not data:
@@ -380,6 +455,7 @@ def write_readme(results: dict[str, Any]) -> None:
         *_fab_section(load("fab_staging")),
         *_distill_section(load("distill_cost")),
         *_scale_section(load("scale")),
+        *_scale_fixed_section(load("scale_fixed")),
         *_threads_section(load("threads")),
         *_ray_section(load("ray_cluster")),
         "## GPU",

@@ -32,10 +32,19 @@ CACHE_VERSION = 1
 T = TypeVar("T")
 
 
+#: Fields added after caches were written, with the value that changes nothing: left out of
+#: the description at that value, so that earlier runs' cache entries stay valid.
+_NEUTRAL_NEW_FIELDS: dict[str, Any] = {"partition_size": 0}
+
+
 def run_description(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields of a config dataclass that decide a training result (JSON-ready)."""
     skip = {"output_dir", "cache_dir", "client_threads", "strategy_plugins", *exclude}
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in skip and not (k in _NEUTRAL_NEW_FIELDS and v == _NEUTRAL_NEW_FIELDS[k])
+    }
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:

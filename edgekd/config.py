@@ -175,7 +175,7 @@ _EXPERIMENT_RULES = Rules(
     at_least={
         1: "num_server_rounds num_partitions batch_size min_available_nodes",
         0: "seed partition_seed min_partition_size local_epochs momentum weight_decay "
-        "client_threads proximal_mu",
+        "client_threads proximal_mu partition_size",
     },
     positive="dirichlet_alpha lr",
     within={"core_fraction": "[0, 1)", "fraction_train": "(0, 1]", "fraction_evaluate": "[0, 1]"},
@@ -206,6 +206,7 @@ class ExperimentConfig:
     dirichlet_alpha: float = 0.5
     min_partition_size: int = 10
     partition_seed: int = 42
+    partition_size: int = 0
     core_fraction: float = 0.0
     model: str = "cnn"
     local_epochs: int = 1

@@ -20,6 +20,7 @@ from torch import nn
 
 from edgekd.datasets import augment_batch
 from edgekd.losses import cloned_distillation_loss
+from edgekd.progress import stage
 from edgekd.training import (
     LR_SCHEDULES,
     EpochStats,
@@ -94,6 +95,7 @@ def distill(
     ce_weight: float = 1.0,
     seed: int = 0,
     lr_schedule: str = "cosine",
+    progress: str = "distillation",
 ) -> TrainResult:
     """Train ``student`` in place with L = CE(core) + t² Σ_m w_m KL(teacher_m ‖ student).
 
@@ -117,6 +119,9 @@ def distill(
         Weight of the cross-entropy term.
     seed : int
         Seeds the batch order.
+    progress : str
+        Name of the stage shown by :func:`edgekd.progress.stage`, by default
+        ``"distillation"``.
 
     Returns
     -------
@@ -138,25 +143,28 @@ def distill(
     scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * math.ceil(pool.n / batch_size))
     stats = EpochStats()
     student.train()
-    for epoch in range(epochs):
-        offset = pool.view(epoch).start
-        order = torch.randperm(pool.n, generator=generator) + offset
-        stats = EpochStats()
-        for start in range(0, pool.n, batch_size):
-            rows = order[start : start + batch_size]
-            xb, yb = pool.x[rows], pool.y[rows]
-            logits = student(xb)
-            if num_teachers:
-                loss = cloned_distillation_loss(
-                    logits,
-                    yb,
-                    teacher_logits[:, rows],
-                    temperature,
-                    teacher_weights=teacher_weights,
-                    ce_weight=ce_weight,
-                )
-            else:
-                loss = ce_weight * nn.functional.cross_entropy(logits, yb)
-            optimizer_step(optimizer, scheduler, loss)
-            stats.add(loss, logits, yb)
+    batches = math.ceil(pool.n / batch_size)
+    with stage(progress, total=epochs * batches, unit="batches") as bar:
+        for epoch in range(epochs):
+            offset = pool.view(epoch).start
+            order = torch.randperm(pool.n, generator=generator) + offset
+            stats = EpochStats()
+            for start in range(0, pool.n, batch_size):
+                rows = order[start : start + batch_size]
+                xb, yb = pool.x[rows], pool.y[rows]
+                logits = student(xb)
+                if num_teachers:
+                    loss = cloned_distillation_loss(
+                        logits,
+                        yb,
+                        teacher_logits[:, rows],
+                        temperature,
+                        teacher_weights=teacher_weights,
+                        ce_weight=ce_weight,
+                    )
+                else:
+                    loss = ce_weight * nn.functional.cross_entropy(logits, yb)
+                optimizer_step(optimizer, scheduler, loss)
+                stats.add(loss, logits, yb)
+                bar.advance()
     return stats.result(pool.n)

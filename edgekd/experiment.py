@@ -18,6 +18,7 @@ import torch
 from edgekd.config import ExperimentConfig
 from edgekd.datasets import (
     DATASET_NAMES,
+    PARTITIONER_NAMES,
     DataBundle,
     DataSplit,
     default_padding,
@@ -60,8 +61,12 @@ def validate_names(cfg: ExperimentConfig) -> None:
         )
     if cfg.model not in list_models():
         raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(list_models())}")
-    if cfg.partitioner not in {"iid", "dirichlet"}:
-        raise ValueError(f"unknown partitioner {cfg.partitioner!r}; valid: iid, dirichlet")
+    if cfg.partitioner not in PARTITIONER_NAMES:
+        raise ValueError(
+            f"unknown partitioner {cfg.partitioner!r}; valid: {', '.join(PARTITIONER_NAMES)}"
+        )
+    if cfg.partitioner == "fixed" and cfg.partition_size < 1:
+        raise ValueError(f"partitioner 'fixed' needs partition-size >= 1, got {cfg.partition_size}")
 
 
 def load_bundle(cfg: ExperimentConfig) -> DataBundle:
@@ -85,6 +90,7 @@ def _split(cfg: ExperimentConfig) -> DataSplit:
         min_partition_size=cfg.min_partition_size,
         core_fraction=cfg.core_fraction,
         seed=cfg.partition_seed,
+        partition_size=cfg.partition_size,
     )
 
 

@@ -52,6 +52,7 @@ from edgekd.processes import flower_env, free_port, stop_process
 __all__ = [
     "LaunchError",
     "add_app_arguments",
+    "add_resume_argument",
     "app_run_config",
     "command_line",
     "effective_run_config",
@@ -60,6 +61,7 @@ __all__ = [
     "launch",
     "main",
     "private_superlink",
+    "resume_run_config",
     "run_config_arguments",
     "run_config_overrides",
     "stage_app",
@@ -411,6 +413,35 @@ def command_line(prog: str, description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def resume_run_config(app: Path, run_dir: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The run config that resumes ``run_dir``: its checkpoint's, with ``resume-dir`` set.
+
+    ``overrides`` (``--run-config``), when given, must make the same run config as the
+    checkpoint's (paths resolved): otherwise ``ValueError`` naming every difference. No
+    checkpoint: ``FileNotFoundError`` naming the folder.
+    """
+    from edgekd.checkpoint import check_same_config, load_checkpoint
+
+    folder = Path(run_dir).expanduser().resolve()
+    saved = dict(load_checkpoint(folder)["run-config"])
+    if overrides:
+        current = effective_run_config(app, overrides)
+        current.update(_absolute_paths(current))
+        check_same_config(saved, current, folder)
+    return {**saved, "resume-dir": str(folder)}
+
+
+def add_resume_argument(parser: argparse.ArgumentParser) -> None:
+    """``--resume RUN_DIR`` (launcher and local runner)."""
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the run in RUN_DIR from its last complete round (its checkpoint.pt); "
+        "--run-config, when given, must match the checkpoint's config",
+    )
+
+
 def _check(app: Path, run_config: Sequence[str]) -> None:
     """Refuse unknown keys and bad values before any process starts (``ValueError``)."""
     from edgekd.runner import check_run_config
@@ -432,14 +463,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="keep the SuperLink's database and log here (default: a temp dir)",
     )
+    add_resume_argument(parser)
     args = parser.parse_args(argv)
 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:
+        if args.resume:
+            resumed = resume_run_config(Path(args.app).resolve(), args.resume, args.run_config)
+            args.run_config = [format_pairs(resumed)]
         _check(Path(args.app).resolve(), args.run_config)
-    except (ValueError, LaunchError) as err:
+    except (ValueError, LaunchError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)  # run the clean-up on SIGTERM as on Ctrl-C

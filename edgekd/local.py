@@ -13,6 +13,7 @@ Usage::
 
     python -m edgekd.local [APP_DIR] --run-config simulations/cloned-distillation/CEM.toml \
         --run-config "seed=1"
+    python -m edgekd.local [APP_DIR] --resume RUN_DIR   # on from the last complete round
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from edgekd.inprocess import InProcessGrid
 from edgekd.launch import (
     PATH_KEYS,
     LaunchError,
+    add_resume_argument,
     app_run_config,
     command_line,
     effective_run_config,
+    resume_run_config,
 )
 from edgekd.runner import check_run_config, make_output_dir, run_experiment
 from edgekd.strategies.common import FederationError
@@ -48,8 +51,11 @@ def run_local(
     *,
     threads: int = 1,
     workers: int = 0,
+    resume: bool = False,
 ) -> Path:
     """Run ``run_config`` (already merged) with ``num-partitions`` in-process nodes.
+
+    With ``resume``, ``out_dir`` is a run folder whose checkpoint the run continues from.
 
     ``workers > 0`` runs ClientApp calls in that many background threads (needed for
     asynchronous strategies whose edges really sleep); 0 runs them one at a time, in order.
@@ -69,7 +75,7 @@ def run_local(
         client_app, run_config, num_nodes=cfg.num_partitions, seed=cfg.seed, workers=workers
     )
     try:
-        run_experiment(grid, run_config, target)
+        run_experiment(grid, run_config, target, resume=resume)
     finally:
         grid.shutdown()
     return target
@@ -86,20 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="background threads running ClientApp calls (0: sequential)",
     )
+    add_resume_argument(parser)
     args = parser.parse_args(argv)
     app = Path(args.app).resolve()
+    out_dir = Path(args.resume or args.out_dir) if (args.resume or args.out_dir) else None
     try:
-        config = effective_run_config(app, args.run_config, check_keys=False)
+        if args.resume:
+            config = resume_run_config(app, args.resume, args.run_config)
+        else:
+            config = effective_run_config(app, args.run_config, check_keys=False)
         check_run_config(config, app_run_config(app))
-    except (ValueError, LaunchError) as err:
+    except (ValueError, LaunchError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         out = run_local(
-            config,
-            Path(args.out_dir) if args.out_dir else None,
-            threads=args.threads,
-            workers=args.workers,
+            config, out_dir, threads=args.threads, workers=args.workers, resume=bool(args.resume)
         )
     except FederationError as err:
         print(f"error: {err}", file=sys.stderr)

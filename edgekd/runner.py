@@ -25,6 +25,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from edgekd.checkpoint import (
+    check_same_config,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    write_checkpoint,
+)
 from edgekd.config import ExperimentConfig, check_known_keys, config_value
 from edgekd.datasets import class_histograms
 from edgekd.experiment import (
@@ -34,6 +41,7 @@ from edgekd.experiment import (
     test_data,
     validate_names,
 )
+from edgekd.progress import Stage, eta_seconds, stage
 from edgekd.results import RunRecorder
 from edgekd.strategies import (
     StrategyContext,
@@ -44,6 +52,7 @@ from edgekd.strategies import (
     section_keys,
 )
 from edgekd.strategies.common import FederationError
+from edgekd.strategies.rounds import run_rounds, uses_flower_loop
 from edgekd.training import evaluate, set_torch_threads
 
 __all__ = [
@@ -51,6 +60,7 @@ __all__ = [
     "check_run_config",
     "make_output_dir",
     "prepare_run",
+    "resumable",
     "run_experiment",
 ]
 
@@ -124,7 +134,7 @@ def prepare_run(
             "histograms": histograms.tolist(),
         },
     )
-    recorder.save_json("config.json", dict(run_config))
+    recorder.save_json("config.json", {k: v for k, v in run_config.items() if k != "resume-dir"})
     log(INFO, "edgekd: results go to %s", recorder.out_dir)
     return cfg, recorder
 
@@ -134,8 +144,9 @@ class RoundRecorder:
 
     Records, in this order, the strategy's ``round_report(round)`` (when it has one), then
     the central evaluation of the returned arrays on the test split (unless the strategy says
-    ``central_evaluation = False``), and rewrites the strategy's ``run_files()``. The server
-    is the only writer of a run's results.
+    ``central_evaluation = False``), rewrites the strategy's ``run_files()`` and, for a
+    resumable strategy (:func:`resumable`), writes the round's checkpoint
+    (:mod:`edgekd.checkpoint`). The server is the only writer of a run's results.
     """
 
     def __init__(
@@ -144,22 +155,37 @@ class RoundRecorder:
         recorder: RunRecorder,
         strategy: Strategy,
         model: torch.nn.Module,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.recorder = recorder
         self.strategy = strategy
         self.model = model
+        self.run_config = dict(run_config or {})
         self.test = test_data(cfg)
         self.started = time.monotonic()
+        self.rounds: Stage | None = None  # the run's "rounds" stage, set by run_experiment
+        self._pace_from: tuple[float, int] | None = None  # (time, rounds done) at round 0
+        self.result = Result()  # shared with Flower's round loop (the checkpoint holds it)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Record round ``server_round``; the central evaluation's metrics (or None)."""
+        if self.rounds is not None and 1 <= server_round <= self.cfg.num_server_rounds:
+            self.rounds.advance()
+        if server_round == 0 and self.rounds is not None:  # the ETA leaves out Phase 0
+            self._pace_from = (time.monotonic(), self.rounds.done)
         round_report = getattr(self.strategy, "round_report", None)
         if round_report is not None:
             self.recorder.log_round(server_round, round_report(server_round))
         self.save_run_files()
-        if not getattr(self.strategy, "central_evaluation", True):
-            return None
+        metrics = None
+        if getattr(self.strategy, "central_evaluation", True):
+            metrics = self._evaluate(server_round, arrays)
+        if 1 <= server_round <= self.cfg.num_server_rounds and resumable(self.strategy):
+            self.save_checkpoint(server_round, arrays)
+        return metrics
+
+    def _evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         result = evaluate(self.model, self.test.x, self.test.y)
         elapsed = time.monotonic() - self.started
@@ -169,14 +195,26 @@ class RoundRecorder:
         )
         log(
             INFO,
-            "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs)",
+            "edgekd: round %s/%s  test-acc %.4f  test-loss %.4f  (%.1fs%s)",
             server_round,
             self.cfg.num_server_rounds,
             result.accuracy,
             result.loss,
             elapsed,
+            self._eta(),
         )
         return MetricRecord({"test-loss": result.loss, "test-acc": result.accuracy})
+
+    def _eta(self) -> str:
+        """``", ETA 12s"`` for the rounds left, at the pace of this process's rounds since
+        round 0 (or since the resumption); "" before there is a pace."""
+        if self.rounds is None:
+            return ""
+        since, done_then = self._pace_from or (self.rounds.started, 0)
+        eta = eta_seconds(
+            self.rounds.done - done_then, self.rounds.total - done_then, time.monotonic() - since
+        )
+        return "" if eta is None else f", ETA {eta:.0f}s"
 
     def save_run_files(self) -> None:
         """Write the strategy's extra JSON files (``run_files()``), if it has any."""
@@ -184,34 +222,88 @@ class RoundRecorder:
         for name, payload in (run_files() if run_files is not None else {}).items():
             self.recorder.save_json(name, payload)
 
+    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Write the checkpoint of the complete round ``server_round`` (atomically)."""
+        state_fn = getattr(self.strategy, "checkpoint_state", None)
+        write_checkpoint(
+            self.recorder.out_dir,
+            {
+                "round": server_round,
+                "run-config": self.run_config,
+                "arrays": arrays.to_torch_state_dict(),
+                "strategy": state_fn() if state_fn is not None else {},
+                "rng": rng_state(),
+                "rounds": self.recorder.rounds,
+                "train-metrics": _plain(self.result.train_metrics_clientapp),
+                "evaluate-metrics": _plain(self.result.evaluate_metrics_clientapp),
+                "elapsed": time.monotonic() - self.started,
+            },
+        )
 
-def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> Result:
-    """Run the configured strategy on ``grid`` and write the results into ``out_dir``."""
+    def resume(self, run_dir: Path) -> tuple[int, ArrayRecord]:
+        """Restore the last complete round of ``run_dir``: (the next round, its arrays).
+
+        Raises ``ValueError``/``FileNotFoundError`` when there is no checkpoint, when it was
+        made by another run config (naming every difference) or when the strategy cannot
+        resume. The RNG states are restored last, just before the next round.
+        """
+        state = load_checkpoint(run_dir)
+        check_same_config(state["run-config"], self.run_config, run_dir)
+        restore = getattr(self.strategy, "restore_checkpoint", None)
+        if restore is not None:
+            restore(state["strategy"], int(state["round"]))
+        elif not resumable(self.strategy):
+            raise ValueError(f"strategy {self.cfg.strategy!r} cannot be resumed")
+        self.recorder.rounds = {int(k): dict(v) for k, v in state["rounds"].items()}
+        self.recorder.flush()
+        self.started -= float(state["elapsed"])
+        for key, into in (
+            ("train-metrics", self.result.train_metrics_clientapp),
+            ("evaluate-metrics", self.result.evaluate_metrics_clientapp),
+        ):
+            into.update({int(r): MetricRecord(m) for r, m in state[key].items()})
+        arrays = ArrayRecord(state["arrays"])
+        self.result.arrays = arrays
+        log(INFO, "edgekd: resuming %s after round %s", run_dir, state["round"])
+        restore_rng(state["rng"])
+        return int(state["round"]) + 1, arrays
+
+
+def resumable(strategy: Strategy) -> bool:
+    """Whether a run of ``strategy`` checkpoints and resumes: Flower's own round loop (its
+    state is the global arrays) or a strategy with ``checkpoint_state``/``restore_checkpoint``.
+    """
+    return uses_flower_loop(strategy) or hasattr(strategy, "restore_checkpoint")
+
+
+def _plain(history: Mapping[int, MetricRecord]) -> dict[int, dict[str, Any]]:
+    return {int(r): dict(m) for r, m in history.items()}
+
+
+def run_experiment(
+    grid: Grid, run_config: Mapping[str, Any], out_dir: Path, *, resume: bool = False
+) -> Result:
+    """Run the configured strategy on ``grid`` and write the results into ``out_dir``.
+
+    With ``resume``, ``out_dir`` is a run folder with a checkpoint: the run goes on from its
+    last complete round (same run config required).
+    """
     cfg, recorder = prepare_run(run_config, out_dir)
     set_torch_threads(0)
     strategy = build_strategy(StrategyContext(cfg, run_config))
     recorder.accuracy_keys = tuple(getattr(strategy, "accuracy_keys", recorder.accuracy_keys))
     model = build_experiment_model(cfg, seed=cfg.seed)
-    round_end = RoundRecorder(cfg, recorder, strategy, model)
-    train_config = ConfigRecord(
-        {
-            "local-epochs": cfg.local_epochs,
-            "batch-size": cfg.batch_size,
-            "lr": cfg.lr,
-            "lr-schedule": cfg.lr_schedule,
-            "momentum": cfg.momentum,
-            "weight-decay": cfg.weight_decay,
-        }
-    )
+    round_end = RoundRecorder(cfg, recorder, strategy, model, run_config)
+    first_round, arrays = 1, ArrayRecord(model.state_dict())
+    if not resumable(strategy):
+        log(INFO, "edgekd: strategy %s writes no checkpoint (cannot resume)", cfg.strategy)
+    if resume:
+        first_round, arrays = round_end.resume(out_dir)
+    total = cfg.num_server_rounds - first_round + 1
     try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.num_server_rounds,
-            train_config=train_config,
-            evaluate_config=ConfigRecord(),
-            evaluate_fn=round_end,
-        )
+        with stage("rounds", total=max(total, 0), unit="rounds") as rounds:
+            round_end.rounds = rounds
+            result = _start(strategy, grid, arrays, first_round, round_end)
     except FederationError as err:  # no client took part: a failed run, never a result
         log(ERROR, "edgekd: run failed: %s", err)
         recorder.save_json("summary.json", {**_summary(cfg, recorder), "error": str(err)})
@@ -228,6 +320,37 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], out_dir: Path) -> 
     recorder.save_json("summary.json", _summary(cfg, recorder))
     log(INFO, "edgekd: wrote %s", recorder.out_dir)
     return result
+
+
+def _start(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    first_round: int,
+    round_end: RoundRecorder,
+) -> Result:
+    """Flower's round loop (:func:`run_rounds`) or the strategy's own ``start``."""
+    cfg = round_end.cfg
+    options: dict[str, Any] = {
+        "num_rounds": cfg.num_server_rounds,
+        "train_config": ConfigRecord(
+            {
+                "local-epochs": cfg.local_epochs,
+                "batch-size": cfg.batch_size,
+                "lr": cfg.lr,
+                "lr-schedule": cfg.lr_schedule,
+                "momentum": cfg.momentum,
+                "weight-decay": cfg.weight_decay,
+            }
+        ),
+        "evaluate_config": ConfigRecord(),
+        "evaluate_fn": round_end,
+    }
+    if uses_flower_loop(strategy):
+        return run_rounds(
+            strategy, grid, arrays, first_round=first_round, result=round_end.result, **options
+        )
+    return strategy.start(grid=grid, initial_arrays=arrays, **options)
 
 
 def _summary(cfg: ExperimentConfig, recorder: RunRecorder) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from edgekd.datasets import BatchLoader
 from edgekd.losses import prox_term
+from edgekd.progress import stage
 from edgekd.seeds import derive_seed
 
 __all__ = [
@@ -163,6 +164,7 @@ def train_supervised(
     global_params: Sequence[torch.Tensor] | None = None,
     label_noise: str = "none",
     label_noise_p: float = 0.0,
+    progress: str = "training",
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy (plus an optional FedProx term).
 
@@ -192,6 +194,9 @@ def train_supervised(
         "Co-teaching", NeurIPS 2018.
     label_noise_p : float
         Per-batch corruption probability.
+    progress : str
+        Name of the stage shown by :func:`edgekd.progress.stage` (a bar with its ETA in a
+        terminal, one log line at the end elsewhere), by default ``"training"``.
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
@@ -214,17 +219,19 @@ def train_supervised(
     scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * len(loader))
     model.train()
     stats = EpochStats()
-    for _ in range(epochs):
-        stats = EpochStats()
-        for xb, yb in loader:
-            logits = model(xb)
-            if label_noise != "none" and float(torch.rand(1, generator=noise)) < label_noise_p:
-                yb = _corrupt(yb, label_noise, logits.shape[1], noise)
-            loss = F.cross_entropy(logits, yb)
-            if proximal_mu > 0 and global_params is not None:
-                loss = loss + prox_term(model, global_params, proximal_mu)
-            optimizer_step(optimizer, scheduler, loss)
-            stats.add(loss, logits, yb)
+    with stage(progress, total=epochs * len(loader), unit="batches") as bar:
+        for _ in range(epochs):
+            stats = EpochStats()
+            for xb, yb in loader:
+                logits = model(xb)
+                if label_noise != "none" and float(torch.rand(1, generator=noise)) < label_noise_p:
+                    yb = _corrupt(yb, label_noise, logits.shape[1], noise)
+                loss = F.cross_entropy(logits, yb)
+                if proximal_mu > 0 and global_params is not None:
+                    loss = loss + prox_term(model, global_params, proximal_mu)
+                optimizer_step(optimizer, scheduler, loss)
+                stats.add(loss, logits, yb)
+                bar.advance()
     return stats.result(len(x))
 
 

@@ -8,12 +8,53 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekd.progress import eta_seconds, finish_time
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class RunProgress:
+    """Runs done / left of a batch and its estimated finish time, one line per finished run.
+
+    The ETA is the mean duration of the runs finished in this session times the runs left,
+    divided by ``workers`` (runs side by side); runs found already done count as done but
+    not in the mean. Thread-safe (the scripts run workers in threads).
+    """
+
+    def __init__(self, total: int, *, workers: int = 1) -> None:
+        self.total = total
+        self.workers = max(1, workers)
+        self.done = 0
+        self.timed = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def skipped(self) -> None:
+        """Count a run that was already done (not timed)."""
+        with self._lock:
+            self.done += 1
+
+    def finished(self, name: str, seconds: float) -> str:
+        """Count a run that took ``seconds``; print and return the progress line."""
+        with self._lock:
+            self.done += 1
+            self.timed += 1
+            self.seconds += seconds
+            left = self.total - self.done
+            eta = eta_seconds(self.timed, self.timed + left, self.seconds, parallel=self.workers)
+            line = (
+                f"[{time.strftime('%H:%M:%S')}] {name}: done in {seconds:.0f}s; runs "
+                f"{self.done}/{self.total} done, {left} left, ETA "
+                f"{'?' if eta is None else f'{eta / 60:.0f} min'} (finish ~{finish_time(eta)} UTC)"
+            )
+        print(line, flush=True)
+        return line
 
 
 def run_profile(

@@ -21,11 +21,12 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, compact_run, paired, run_profile
+from repro_common import ROOT, RunProgress, compact_run, paired, run_profile
 
 PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
@@ -69,11 +70,18 @@ CLAIMS = [  # the paper's orderings (Fig. 5): A beats B
 ]
 
 
-def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
-    """Run ``name`` with ``seed`` unless its compact JSON exists; return the compact run."""
+def run_one(
+    name: str, seed: int, out: Path, extra: list[str], progress: RunProgress | None = None
+) -> dict[str, Any]:
+    """Run ``name`` with ``seed`` unless its compact JSON exists; return the compact run.
+
+    ``progress`` counts the run (done / left / estimated finish time)."""
     compact_path = out / "compact" / f"{name}-seed{seed}.json"
     if compact_path.exists():
+        if progress is not None:
+            progress.skipped()
         return json.loads(compact_path.read_text())
+    started = time.monotonic()
     run_dir = run_profile(
         [PROFILES / "base.toml", PROFILES / f"{name}.toml"],
         seed,
@@ -83,6 +91,8 @@ def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]
     compact = {"name": name, "seed": seed, **compact_run(run_dir)}
     compact_path.parent.mkdir(parents=True, exist_ok=True)
     compact_path.write_text(json.dumps(compact) + "\n")
+    if progress is not None:
+        progress.finished(f"{name}-seed{seed}", time.monotonic() - started)
     return compact
 
 
@@ -181,8 +191,9 @@ def main() -> int:
             runs[(run["name"], run["seed"])] = run
     else:
         print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+        progress = RunProgress(len(jobs), workers=args.workers)
         with ThreadPoolExecutor(args.workers) as pool:
-            futures = {job: pool.submit(run_one, *job, out, extra) for job in jobs}
+            futures = {job: pool.submit(run_one, *job, out, extra, progress) for job in jobs}
             runs = {job: future.result() for job, future in futures.items()}
     summary = summarise(runs, args.seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

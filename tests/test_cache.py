@@ -124,3 +124,13 @@ def test_results_are_stored_per_kind(tmp_path: Path, kind: str) -> None:
     cache = TrainingCache(str(tmp_path))
     cache.get_or_compute(kind, {"a": 1}, _result)
     assert (tmp_path / kind / f"{TrainingCache.key({'a': 1})}.pt").is_file()
+
+
+def test_run_description_leaves_out_a_new_field_at_its_neutral_value() -> None:
+    """partition-size 0 (its default, which changes nothing) is not in the description, so
+    cache entries written before the field existed stay valid; any other value is."""
+    from edgekd.config import ExperimentConfig
+
+    assert "partition_size" not in run_description(ExperimentConfig())
+    fixed = ExperimentConfig(partitioner="fixed", partition_size=16)
+    assert run_description(fixed)["partition_size"] == 16

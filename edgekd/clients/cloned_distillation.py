@@ -123,12 +123,14 @@ def train_local(
     }
     members: list[ArrayRecord] = []
     losses, accs = [], []
+    edge = (cache_context or {}).get("partition", "?")
     for member in range(local.ensemble_size):
+        label = f"edge {edge} training (member {member + 1}/{local.ensemble_size})"
         stored = cache.get_or_compute(
             "edge",
             {**base, "member": member},
-            lambda member=member: _train_member(
-                state, data, local, cfg, member, label_noise, label_noise_p
+            lambda member=member, label=label: _train_member(
+                state, data, local, cfg, member, (label_noise, label_noise_p), label
             ),
         )
         members.append(ArrayRecord(stored["state"]))
@@ -151,10 +153,11 @@ def _train_member(
     local: LocalTrainConfig,
     cfg: ExperimentConfig,
     member: int,
-    label_noise: str,
-    label_noise_p: float,
+    noise: tuple[str, float],
+    progress: str,
 ) -> dict[str, Any]:
-    """Train ensemble member ``member``; return its state dict, loss and accuracy."""
+    """Train ensemble member ``member`` (label ``noise``: mode, probability; ``progress``:
+    the stage's name); return its state dict, loss and accuracy."""
     if local.init == "scratch":
         model = model_for_arrays(cfg, state, data, seed=local.init_seed + member)
     else:
@@ -172,8 +175,9 @@ def _train_member(
         data.y,
         seed=derive_seed("member", local.seed, member=member),
         global_params=global_params,
-        label_noise=label_noise,
-        label_noise_p=label_noise_p,
+        label_noise=noise[0],
+        label_noise_p=noise[1],
+        progress=progress,
         **schedule,
         **augmentation,
     )

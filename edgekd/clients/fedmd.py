@@ -49,6 +49,7 @@ from edgekd.datasets import BatchLoader
 from edgekd.experiment import TensorData, client_data, load_bundle, test_data
 from edgekd.losses import fedmd_digest_loss, latent_distillation_loss
 from edgekd.models import EdgeKDModel, build_model, count_parameters
+from edgekd.progress import stage
 from edgekd.protocol.common import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 from edgekd.protocol.fedmd import (
     ACTION_EVALUATE,
@@ -158,7 +159,12 @@ def build_client_model(
 
 
 def _train(
-    model: torch.nn.Module, data: TensorData, epochs: int, cfg: ExperimentConfig, seed: int
+    model: torch.nn.Module,
+    data: TensorData,
+    epochs: int,
+    cfg: ExperimentConfig,
+    seed: int,
+    progress: str,
 ) -> float:
     if epochs == 0:
         return float("nan")
@@ -166,7 +172,15 @@ def _train(
     schedule = {name: getattr(cfg, name) for name in _RUN_SCHEDULE}
     flip = data.x.shape[-1] >= 16
     result = train_supervised(
-        model, data.x, data.y, epochs=epochs, seed=seed, padding=data.padding, flip=flip, **schedule
+        model,
+        data.x,
+        data.y,
+        epochs=epochs,
+        seed=seed,
+        padding=data.padding,
+        flip=flip,
+        progress=progress,
+        **schedule,
     )
     return result.loss
 
@@ -207,7 +221,8 @@ def _pretrain(
         return model
 
     def private_stage() -> dict[str, Any]:
-        _train(model, private, setup.pretrain_private_epochs, cfg, seed + 1)
+        label = f"fedmd partition {partition_id}: pre-training on private data"
+        _train(model, private, setup.pretrain_private_epochs, cfg, seed + 1, label)
         return {"state": model.state_dict()}
 
     private_key = {
@@ -234,7 +249,8 @@ def _train_public(
     if pool.num_classes != bundle.num_classes:
         public_model = build_client_model(setup, partition_id, pool.num_classes, bundle.in_channels)
         public_model.load_state_dict(_without_head(model), strict=False)
-    _train(public_model, pool.data, setup.pretrain_public_epochs, cfg, seed)
+    label = f"fedmd partition {partition_id}: pre-training on public data"
+    _train(public_model, pool.data, setup.pretrain_public_epochs, cfg, seed, label)
     if public_model is not model:
         model.load_state_dict(_without_head(public_model), strict=False)
 
@@ -294,6 +310,8 @@ def digest(
     settings: DigestSettings,
     cfg: ExperimentConfig,
     seed: int,
+    *,
+    progress: str = "fedmd digest",
 ) -> float:
     """Distil ``model`` towards the consensus on the alignment images ``x``.
 
@@ -301,6 +319,7 @@ def digest(
     ``temperature`` or MSE), plus ``latent_weight`` times
     :func:`edgekd.losses.latent_distillation_loss` on the representation when target
     representations are given. No augmentation: the targets belong to the plain images.
+    ``progress`` names the stage shown by :func:`edgekd.progress.stage`.
 
     Returns
     -------
@@ -314,26 +333,28 @@ def digest(
     latent = target_representations is not None and settings.latent_weight > 0
     model.train()
     loss_sum, seen = 0.0, 0
-    for _ in range(settings.digest_epochs):
-        loss_sum, seen = 0.0, 0
-        for xb, ib in loader:
-            logits, feats = model.forward_with_features(xb)
-            loss = fedmd_digest_loss(
-                logits,
-                target_logits[ib],
-                mode=settings.logit_loss,
-                temperature=settings.temperature,
-            )
-            if latent:
-                assert target_representations is not None
-                loss = loss + settings.latent_weight * latent_distillation_loss(
-                    feats, target_representations[ib]
+    with stage(progress, total=settings.digest_epochs * len(loader), unit="batches") as bar:
+        for _ in range(settings.digest_epochs):
+            loss_sum, seen = 0.0, 0
+            for xb, ib in loader:
+                logits, feats = model.forward_with_features(xb)
+                loss = fedmd_digest_loss(
+                    logits,
+                    target_logits[ib],
+                    mode=settings.logit_loss,
+                    temperature=settings.temperature,
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(ib)
-            seen += len(ib)
+                if latent:
+                    assert target_representations is not None
+                    loss = loss + settings.latent_weight * latent_distillation_loss(
+                        feats, target_representations[ib]
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(ib)
+                seen += len(ib)
+                bar.advance()
     return loss_sum / max(seen, 1)
 
 
@@ -405,9 +426,13 @@ def train_fedmd(msg: Message, context: Context) -> Message:
         if "representations" in record:
             reps = torch.from_numpy(record["representations"].numpy().astype(np.float32))
         x = pool.data.x[torch.from_numpy(idx)]
-        digest_loss = digest(model, x, target, reps, settings, cfg, seed)
+        label = f"fedmd partition {pid} round {setup.server_round}: digest"
+        digest_loss = digest(model, x, target, reps, settings, cfg, seed, progress=label)
     private = client_data(setup.private_config(cfg), pid)
-    revisit_loss = _train(model, private, settings.revisit_epochs, cfg, seed + 1)
+    step = f"fedmd partition {pid} round {setup.server_round}"
+    revisit_loss = _train(
+        model, private, settings.revisit_epochs, cfg, seed + 1, f"{step}: revisit"
+    )
     _store(context, model, setup.model_name(pid), setup.representation_dim)
     metrics = MetricRecord(
         {

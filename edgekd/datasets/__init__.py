@@ -2,7 +2,7 @@
 
 * :mod:`edgekd.datasets.loading`: :func:`load_dataset` returns a cached :class:`DataBundle`
   (``digits`` embedded, ``cifar10``/``cifar100`` from disk, or any ``.npz`` archive).
-* :mod:`edgekd.datasets.partition`: IID and Dirichlet client partitions, the server core
+* :mod:`edgekd.datasets.partition`: IID, Dirichlet and fixed-size client partitions, the server core
   set and public/private splits (pure numpy, seeded).
 * :mod:`edgekd.datasets.transforms`: numpy -> tensor conversion, batch augmentation and the
   in-memory :class:`BatchLoader`.
@@ -15,6 +15,7 @@ from edgekd.datasets.partition import (
     class_histograms,
     core_split,
     dirichlet_partition,
+    fixed_size_partition,
     iid_partition,
     make_split,
     public_private_split,
@@ -33,6 +34,7 @@ __all__ = [
     "core_split",
     "default_padding",
     "dirichlet_partition",
+    "fixed_size_partition",
     "iid_partition",
     "load_dataset",
     "make_split",

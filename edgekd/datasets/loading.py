@@ -10,12 +10,14 @@ Supported names (:data:`DATASET_NAMES`):
     Read through ``torchvision.datasets.CIFAR10`` / ``CIFAR100`` from
     ``<data_dir>/cifar-10-batches-py`` / ``<data_dir>/cifar-100-python`` (the extracted
     official python archives). ``data_dir`` defaults to ``~/.cache/edgekd/data``. Nothing is
-    downloaded unless ``download=True``. If the files are present but fail torchvision's md5
-    integrity check (for example a subset written in the official pickle layout), the pickle
-    files are read directly instead, and a warning is logged.
+    downloaded unless ``download=True``. These files are pickles, and unpickling can run code:
+    every file's md5 is checked against the official one (torchvision's list) before anything
+    is unpickled, and a file that fails is refused with an error naming it and the expected
+    md5. A subset of CIFAR belongs in an ``.npz``.
 ``"npz"``
     A numpy ``.npz`` archive with ``x_train, y_train, x_test, y_test`` (images ``(N, H, W, C)``
-    or ``(N, H, W)`` ``uint8``, integer labels).
+    or ``(N, H, W)`` ``uint8``, integer labels), read with ``allow_pickle=False``: an archive
+    holding an object array is refused.
 
 Loaded bundles are cached per process (clients call :func:`load_dataset` on every message);
 their arrays are marked read-only so that the shared cached copy cannot be modified by
@@ -25,14 +27,12 @@ accident; index or copy them before changing them in place.
 from __future__ import annotations
 
 import functools
-import logging
-import pickle
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.common.logger import log
 
 __all__ = ["DATASET_NAMES", "DEFAULT_DATA_DIR", "DataBundle", "load_dataset"]
 
@@ -189,6 +189,19 @@ def _check_npz_labels(key: str, y: np.ndarray, num_images: int, path: Path) -> n
     return y.astype(np.int64)
 
 
+def _npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
+    """Read one array with pickling off; an object array (a pickle inside) is refused."""
+    try:
+        return np.asarray(archive[key])
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise ValueError(f"{key} in {path} cannot be read: {err}") from err
+        raise ValueError(
+            f"{key} in {path} is an object array (stored as a pickle), refused: an npz data "
+            "set must hold plain numeric arrays; it is read with allow_pickle=False"
+        ) from err
+
+
 def _load_npz(path: Path) -> DataBundle:
     if not path.is_file():
         raise FileNotFoundError(f"npz data set file not found: {path}")
@@ -199,7 +212,7 @@ def _load_npz(path: Path) -> DataBundle:
                 f"npz data set {path} is missing key(s) {', '.join(missing)}; "
                 f"it must hold {', '.join(_NPZ_KEYS)}"
             )
-        data = {key: np.asarray(archive[key]) for key in _NPZ_KEYS}
+        data = {key: _npz_array(archive, key, path) for key in _NPZ_KEYS}
     x_train = _check_npz_images("x_train", data["x_train"], path)
     x_test = _check_npz_images("x_test", data["x_test"], path)
     if x_train.shape[0] == 0:
@@ -256,26 +269,35 @@ def _cifar_missing_message(name: str, root: Path, spec: _CifarSpec, missing: lis
     )
 
 
-def _entry(entry: dict[Any, Any], key: str) -> Any:
-    """Look ``key`` up in a CIFAR pickle dict whose keys may be ``str`` or ``bytes``."""
-    if key in entry:
-        return entry[key]
-    return entry[key.encode("ascii")]
+def _md5(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _read_cifar_pickles(
-    folder: Path, files: tuple[str, ...], label_key: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read CIFAR files in the official pickle layout into HWC ``uint8`` images and labels."""
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    for file_name in files:
-        with (folder / file_name).open("rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
-        images.append(np.asarray(_entry(entry, "data"), dtype=np.uint8))
-        labels.extend(int(v) for v in _entry(entry, label_key))
-    x = np.vstack(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return x, np.asarray(labels, dtype=np.int64)
+def _expected_md5s(tv_class: Any) -> list[tuple[str, str]]:
+    """``(file name, md5)`` of every file torchvision reads, the meta file included."""
+    listed = [(str(n), str(m)) for n, m in list(tv_class.train_list) + list(tv_class.test_list)]
+    return [*listed, (str(tv_class.meta["filename"]), str(tv_class.meta["md5"]))]
+
+
+def _check_cifar_integrity(name: str, folder: Path, tv_class: Any) -> None:
+    """Refuse, before anything is unpickled, a CIFAR file whose md5 is not the official one.
+
+    CIFAR's python files are pickles: unpickling a file of unknown origin can run any code,
+    so a file that fails the check is never read past its checksum.
+    """
+    for file_name, expected in _expected_md5s(tv_class):
+        actual = _md5(folder / file_name)
+        if actual != expected:
+            raise ValueError(
+                f"{name} file {folder / file_name} failed the integrity check: md5 "
+                f"{actual}, expected {expected} (the official {name} file); it is refused "
+                "and was not unpickled. Replace it with the official file, or convert your "
+                'subset to an .npz (dataset = "npz").'
+            )
 
 
 def _load_cifar(name: str, root: Path, download: bool) -> DataBundle:
@@ -284,8 +306,7 @@ def _load_cifar(name: str, root: Path, download: bool) -> DataBundle:
     spec = _CIFAR_SPECS[name]
     tv_class = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     folder = root / spec.folder
-    expected = spec.train_files + spec.test_files
-    missing = [f for f in expected if not (folder / f).is_file()]
+    missing = [f for f, _ in _expected_md5s(tv_class) if not (folder / f).is_file()]
     if missing:
         message = _cifar_missing_message(name, root, spec, missing)
         if not download:
@@ -294,22 +315,11 @@ def _load_cifar(name: str, root: Path, download: bool) -> DataBundle:
             tv_class(root=str(root), train=True, download=True)
         except (OSError, RuntimeError, ValueError) as err:
             raise FileNotFoundError(f"{message} The download failed: {err}") from err
-    try:
-        train = tv_class(root=str(root), train=True, download=False)
-        test = tv_class(root=str(root), train=False, download=False)
-        x_train, y_train = np.asarray(train.data), np.asarray(train.targets, dtype=np.int64)
-        x_test, y_test = np.asarray(test.data), np.asarray(test.targets, dtype=np.int64)
-    except RuntimeError as err:
-        log(
-            logging.WARNING,
-            "%s files in %s failed torchvision's integrity check (%s); reading the official "
-            "pickle layout directly (expected for a subset of CIFAR)",
-            name,
-            folder,
-            err,
-        )
-        x_train, y_train = _read_cifar_pickles(folder, spec.train_files, spec.label_key)
-        x_test, y_test = _read_cifar_pickles(folder, spec.test_files, spec.label_key)
+    _check_cifar_integrity(name, folder, tv_class)
+    train = tv_class(root=str(root), train=True, download=False)
+    test = tv_class(root=str(root), train=False, download=False)
+    x_train, y_train = np.asarray(train.data), np.asarray(train.targets, dtype=np.int64)
+    x_test, y_test = np.asarray(test.data), np.asarray(test.targets, dtype=np.int64)
     return _make_bundle(name, x_train, y_train, x_test, y_test, spec.num_classes)
 
 

@@ -25,12 +25,13 @@ __all__ = [
     "class_histograms",
     "core_split",
     "dirichlet_partition",
+    "fixed_size_partition",
     "iid_partition",
     "make_split",
     "public_private_split",
 ]
 
-PARTITIONER_NAMES: tuple[str, ...] = ("iid", "dirichlet")
+PARTITIONER_NAMES: tuple[str, ...] = ("iid", "dirichlet", "fixed")
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -87,6 +88,30 @@ def iid_partition(num_samples: int, num_partitions: int, seed: int) -> list[np.n
     rng = np.random.default_rng(seed)
     order = rng.permutation(num_samples).astype(np.int64)
     return [np.sort(part) for part in np.array_split(order, num_partitions)]
+
+
+def fixed_size_partition(
+    num_samples: int, num_partitions: int, size: int, seed: int
+) -> list[np.ndarray]:
+    """Give every partition ``size`` distinct rows drawn at random, whatever their number.
+
+    Partition ``p`` draws with its own generator, ``default_rng([seed, p])``, so it holds the
+    same rows for any ``num_partitions`` (the data per edge is fixed as edges are added);
+    partitions may overlap one another (there can be more partitions than rows).
+
+    Raises
+    ------
+    ValueError
+        If ``num_partitions < 1`` or ``size`` is not in ``[1, num_samples]``.
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+    if not 1 <= size <= num_samples:
+        raise ValueError(f"partition-size must be in [1, {num_samples}], got {size}")
+    return [
+        np.sort(np.random.default_rng([seed, p]).choice(num_samples, size, replace=False))
+        for p in range(num_partitions)
+    ]
 
 
 def _dirichlet_draw(
@@ -345,7 +370,7 @@ class DataSplit:
         Sorted indices (into the training set) of the server-held core set; may be empty.
     partitions : tuple[np.ndarray, ...]
         Sorted indices (into the training set) of every client's partition; disjoint from
-        each other and from ``core``.
+        ``core`` and, but for the ``"fixed"`` partitioner, from each other.
     """
 
     core: np.ndarray
@@ -383,6 +408,7 @@ def make_split(
     min_partition_size: int = 10,
     core_fraction: float = 0.0,
     seed: int = 42,
+    partition_size: int = 0,
 ) -> DataSplit:
     """Split off the core set, then partition the rest among the clients.
 
@@ -393,8 +419,8 @@ def make_split(
     num_partitions : int
         Number of client partitions.
     partitioner : str, optional
-        ``"iid"`` (:func:`iid_partition`) or ``"dirichlet"`` (:func:`dirichlet_partition`),
-        by default ``"iid"``.
+        ``"iid"`` (:func:`iid_partition`), ``"dirichlet"`` (:func:`dirichlet_partition`) or
+        ``"fixed"`` (:func:`fixed_size_partition`), by default ``"iid"``.
     alpha : float, optional
         Dirichlet concentration (``"dirichlet"`` only), by default 0.5.
     min_partition_size : int, optional
@@ -403,6 +429,8 @@ def make_split(
         Fraction of the training set held by the server (:func:`core_split`), by default 0.
     seed : int, optional
         Seed of both the core split and the partitioning, by default 42.
+    partition_size : int, optional
+        Rows per partition (``"fixed"`` only).
 
     Returns
     -------
@@ -424,6 +452,8 @@ def make_split(
     core, rest = core_split(labels, core_fraction, seed)
     if key == "iid":
         local = iid_partition(rest.size, num_partitions, seed)
+    elif key == "fixed":
+        local = fixed_size_partition(rest.size, num_partitions, partition_size, seed)
     else:
         local = dirichlet_partition(
             labels[rest],

@@ -22,17 +22,18 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from edgekd.config import ExperimentConfig, Rules, check_fields, parse_section
+from edgekd.protocol import ARRAYS, CONFIG, METRICS
 from edgekd.strategies.cloned_distillation import (
     ClonedDistillation,
     ClonedDistillationConfig,
 )
-from edgekd.strategies.common import reply_metrics, scalar_metrics
+from edgekd.strategies.common import instruction, reply_metrics, scalar_metrics
 from edgekd.strategies.registry import StrategyContext, register_strategy
 
 __all__ = ["AsyncClonedDistillation", "AsyncConfig", "staleness_weight"]
@@ -109,6 +110,7 @@ class _Pending:
     server_round: int
     edge: int
     sent_at: float
+    content: RecordDict | None = None  # what was sent: re-sent by a resumed run
 
 
 class AsyncClonedDistillation(ClonedDistillation):
@@ -141,6 +143,7 @@ class AsyncClonedDistillation(ClonedDistillation):
         self.async_config = async_config
         self.pending: dict[str, _Pending] = {}
         self.teacher_log: list[dict[str, Any]] = []
+        self._resend: list[dict[str, Any]] = []
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -165,6 +168,48 @@ class AsyncClonedDistillation(ClonedDistillation):
     def run_files(self) -> Mapping[str, Any]:
         """``teachers.json``: what became of every dispatched edge (once there is one)."""
         return {"teachers.json": list(self.teacher_log)} if self.teacher_log else {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Cloned distillation's state, ``teachers.json`` so far, and every outstanding reply
+        recorded as *to be re-sent* (its round, edge, arrays and config)."""
+        outstanding = [
+            {
+                "server-round": info.server_round,
+                "edge": info.edge,
+                "arrays": info.content[ARRAYS].to_torch_state_dict(),
+                "config": dict(info.content[CONFIG]),
+            }
+            for info in self.pending.values()
+            if info.content is not None
+        ]
+        return {
+            **super().checkpoint_state(),
+            "teacher-log": list(self.teacher_log),
+            "to-be-re-sent": outstanding,
+        }
+
+    def restore_checkpoint(self, state: dict[str, Any], server_round: int) -> None:
+        """Load :meth:`checkpoint_state`; the outstanding work is re-sent when the run starts."""
+        super().restore_checkpoint(state, server_round)
+        self.teacher_log = list(state["teacher-log"])
+        self._resend = list(state["to-be-re-sent"])
+
+    def _resend_outstanding(self, grid: Grid) -> None:
+        """Push again what was outstanding at the checkpoint (same round, edge and content)."""
+        for entry in self._resend:
+            edge, server_round = int(entry["edge"]), int(entry["server-round"])
+            if edge not in self.node_of_partition:
+                log(WARNING, "async: edge %s has no node; its round %s is lost", edge, server_round)
+                continue
+            content = RecordDict(
+                {ARRAYS: ArrayRecord(entry["arrays"]), CONFIG: ConfigRecord(entry["config"])}
+            )
+            node = self.node_of_partition[edge]
+            message = instruction(content, MessageType.TRAIN, node, str(server_round))
+            (message_id,) = grid.push_messages([message])
+            self.pending[message_id] = _Pending(server_round, edge, time.monotonic(), content)
+            log(INFO, "async: re-sent edge %s's work of round %s", edge, server_round)
+        self._resend = []
 
     def _consume(self, grid: Grid, current_round: int) -> list[dict[str, Any]]:
         """Pull every outstanding reply that is ready and distil (or discard) it."""
@@ -255,21 +300,25 @@ class AsyncClonedDistillation(ClonedDistillation):
         ``options`` are Flower's other ``start`` arguments, by keyword: ``num_rounds``,
         ``train_config`` (sent to every edge), ``evaluate_fn`` (the server's end-of-round hook);
         ``timeout`` and ``evaluate_config`` are unused (the ``async-*`` waits apply; there is no
-        federated evaluation).
+        federated evaluation). After :meth:`restore_checkpoint` it re-sends the outstanding
+        work and goes on with the next round (no Phase 0).
         """
         num_rounds, evaluate_fn = options.get("num_rounds", 3), options.get("evaluate_fn")
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         self.nodes.request(grid)
-        self.phase0()
+        resumed = self.resumed_round > 0  # restored from a checkpoint: no Phase 0, no round 0
+        if not resumed:
+            self.phase0()
         result = Result()
         arrays = self._state(self.model)
         result.arrays = arrays
-        if evaluate_fn is not None:
+        if evaluate_fn is not None and not resumed:
             result.evaluate_metrics_serverapp[0] = evaluate_fn(0, arrays)
         self.nodes.map(grid, self.cd.round_timeout)
+        self._resend_outstanding(grid)
         config = options.get("train_config") or ConfigRecord()
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(self.resumed_round + 1, num_rounds + 1):
             metrics = self._async_round(grid, server_round, arrays, config)
             arrays = self._state(self.model)
             result.arrays = arrays
@@ -291,8 +340,10 @@ class AsyncClonedDistillation(ClonedDistillation):
         if not messages:
             self.edge_failures.append("no node is connected")
         ids = list(grid.push_messages(messages))
-        for message_id in ids:
-            self.pending[message_id] = _Pending(server_round, edge, time.monotonic())
+        for message_id, message in zip(ids, messages, strict=True):
+            self.pending[message_id] = _Pending(
+                server_round, edge, time.monotonic(), message.content
+            )
         deadline = time.monotonic() + self.async_config.round_wait
         consumed: list[dict[str, Any]] = []
         while True:

@@ -19,6 +19,7 @@ The settings (``cd-*``) and the variant names are in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -55,6 +56,7 @@ from edgekd.strategies.common import (
 )
 from edgekd.strategies.core_model import train_on_core
 from edgekd.strategies.registry import StrategyContext, register_strategy
+from edgekd.strategies.rounds import run_rounds
 from edgekd.strategies.teacher_memory import EdgeTeacher, TeacherMemory, TeacherOutputs
 from edgekd.training import TrainResult, evaluate, predict_logits
 
@@ -111,6 +113,7 @@ class ClonedDistillation(RoundReports, Strategy):
         self._current_round_sent: float = 0.0
         self.edges_trained = 0
         self.edge_failures: list[str] = []
+        self.resumed_round = 0  # the round restored from a checkpoint (0: a fresh run)
 
     @property
     def memory(self) -> deque[EdgeTeacher]:
@@ -159,7 +162,7 @@ class ClonedDistillation(RoundReports, Strategy):
     def _state(self, model: torch.nn.Module) -> ArrayRecord:
         return ArrayRecord(model.state_dict())
 
-    def _train_on_core(self, model: torch.nn.Module, seed: int) -> float:
+    def _train_on_core(self, model: torch.nn.Module, seed: int, progress: str) -> float:
         return train_on_core(
             model,
             self.core,
@@ -168,6 +171,7 @@ class ClonedDistillation(RoundReports, Strategy):
             lr=self.cd.core_lr,
             seed=seed,
             flip=self._flip,
+            progress=progress,
         )
 
     def phase0(self) -> None:
@@ -179,12 +183,23 @@ class ClonedDistillation(RoundReports, Strategy):
             self.cd.core_epochs,
             len(self.core),
         )
-        self._train_on_core(self.model, seed=self.config.seed)
+        self._train_on_core(self.model, seed=self.config.seed, progress="Phase 0: core model")
         if self.cd.edge_init == "independent":
             seed = self.config.seed + self.cd.independent_seed_offset
             self.independent = build_experiment_model(self.config, seed=seed)
-            self._train_on_core(self.independent, seed=seed)
-        self.pool = make_distill_pool(
+            self._train_on_core(self.independent, seed=seed, progress="Phase 0: independent model")
+        self.pool = self._make_pool()
+        acc = evaluate(self.model, self.test.x, self.test.y).accuracy
+        log(
+            INFO,
+            "cloned-distillation: Phase 0 done in %.1fs, core test-acc %.4f",
+            time.monotonic() - started,
+            acc,
+        )
+
+    def _make_pool(self) -> DistillPool:
+        """The distillation pool: seeded, so a resumed run rebuilds the same one."""
+        return make_distill_pool(
             self.core.x,
             self.core.y,
             views=self.cd.distill_views or max(1, self.cd.distill_epochs),
@@ -193,13 +208,32 @@ class ClonedDistillation(RoundReports, Strategy):
             flip=self._flip,
             seed=derive_seed("distill-pool", self.config.seed),
         )
-        acc = evaluate(self.model, self.test.x, self.test.y).accuracy
-        log(
-            INFO,
-            "cloned-distillation: Phase 0 done in %.1fs, core test-acc %.4f",
-            time.monotonic() - started,
-            acc,
-        )
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs: the core (and independent) model, the temporal memory
+        (each edge's cached teacher logits) and the detection statistics."""
+        return {
+            "model": self.model.state_dict(),
+            "independent": None if self.independent is None else self.independent.state_dict(),
+            "memory": [dataclasses.asdict(entry) for entry in self.memory],
+            "accepted-scores": list(self.teachers.accepted_scores),
+            "edges-trained": self.edges_trained,
+        }
+
+    def restore_checkpoint(self, state: dict[str, Any], server_round: int) -> None:
+        """Load :meth:`checkpoint_state`; :meth:`start` then goes on after ``server_round``."""
+        self.model.load_state_dict(state["model"], strict=True)
+        if state["independent"] is not None:
+            seed = self.config.seed + self.cd.independent_seed_offset
+            self.independent = build_experiment_model(self.config, seed=seed)
+            self.independent.load_state_dict(state["independent"], strict=True)
+        self.memory.clear()
+        self.memory.extend(EdgeTeacher(**entry) for entry in state["memory"])
+        self.teachers.accepted_scores = [float(v) for v in state["accepted-scores"]]
+        self.edges_trained = int(state.get("edges-trained", 0))
+        self.pool = self._make_pool()
+        self.resumed_round = server_round
 
     # ------------------------------------------------------------------ Strategy API
     def configure_train(
@@ -336,6 +370,7 @@ class ClonedDistillation(RoundReports, Strategy):
             weight_decay=self.config.weight_decay,
             teacher_weights=weights if len(weights) else None,
             seed=derive_seed("distill", self.config.seed, server_round=server_round),
+            progress=f"distillation (round {server_round})",
         )
 
     # ------------------------------------------------------------------ Phase 2, step by step
@@ -433,20 +468,27 @@ class ClonedDistillation(RoundReports, Strategy):
         ``initial_arrays`` is ignored: the core model is built and trained at the server.
         ``options`` are Flower's other ``start`` arguments, by keyword (``timeout`` is capped
         at ``cd-round-timeout``). The nodes are asked for their partitions before Phase 0 and
-        answer while it runs.
+        answer while it runs. After :meth:`restore_checkpoint` it continues with the next
+        round (:func:`edgekd.strategies.rounds.run_rounds`) instead.
         """
         if not self.cd.is_control:
             self.nodes.request(grid)
-        self.phase0()
         timeout = min(options.pop("timeout", 3600), self.cd.round_timeout)
-        result = super().start(grid, self._state(self.model), timeout=timeout, **options)
+        if self.resumed_round:  # restored from a checkpoint: no Phase 0, no round 0
+            first = self.resumed_round + 1
+            arrays = self._state(self.model)
+            result = run_rounds(self, grid, arrays, first_round=first, timeout=timeout, **options)
+        else:
+            self.phase0()
+            result = super().start(grid, self._state(self.model), timeout=timeout, **options)
         self.check_edges_trained(options.get("num_rounds", 3))
         return result
 
     def check_edges_trained(self, num_rounds: int) -> None:
         """Raise :class:`FederationError` when no edge returned a usable model in any round.
 
-        The control variant contacts no edge and never fails here.
+        The control variant contacts no edge and never fails here; the count of trained
+        edges is part of the checkpoint, so a resumed run is judged over all its rounds.
         """
         if self.cd.is_control or self.edges_trained > 0 or num_rounds < 1:
             return

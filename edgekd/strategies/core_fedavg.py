@@ -76,6 +76,7 @@ class CoreFedAvg(ClonedDistillation):
             padding=self.core.padding,
             flip=self._flip,
             lr_schedule=self.config.lr_schedule,
+            progress=f"core-fedavg: core client training (round {server_round})",
         )
         averaged = average_states(
             [(edge_model.state_dict(), edge_examples), (core_client.state_dict(), len(self.core))]

@@ -28,12 +28,14 @@ def train_on_core(
     lr: float,
     seed: int,
     flip: bool,
+    progress: str = "Phase 0",
 ) -> float:
     """Train ``model`` in place on ``core`` for ``epochs`` (cosine from ``lr``); its accuracy.
 
     ``batch-size``, ``momentum``, ``weight-decay`` and ``augment`` come from ``config``; with
     ``epochs == 0`` the model is only evaluated. Loaded from ``cache-dir`` when an identical
-    run (same config, schedule, seed and initial weights) stored it.
+    run (same config, schedule, seed and initial weights) stored it. ``progress`` names the
+    stage shown by :func:`edgekd.progress.stage`.
     """
     if epochs == 0:
         return evaluate(model, core.x, core.y).accuracy
@@ -60,6 +62,7 @@ def train_on_core(
             padding=core.padding,
             flip=flip,
             lr_schedule="cosine",
+            progress=progress,
         )
         return {"state": model.state_dict(), "accuracy": result.accuracy}
 

@@ -63,10 +63,10 @@ def _write_cifar100(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     y_train = np.array([0, 5, 99, 42, 17, 3, 3, 80, 61, 7, 0, 98], dtype=np.int64)
     y_test = np.array([1, 2, 99, 50, 4, 0], dtype=np.int64)
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        entry = _batch(x, y, "fine_labels", bytes_keys=True)
-        entry[b"coarse_labels"] = [int(v) // 5 for v in y]
+        entry = _batch(x, y, "fine_labels", bytes_keys=False)
+        entry["coarse_labels"] = [int(v) // 5 for v in y]
         _dump(folder / name, entry)
-    _dump(folder / "meta", {b"fine_label_names": [f"c{i}" for i in range(100)]})
+    _dump(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
     return x_train, y_train, x_test, y_test
 
 
@@ -86,10 +86,25 @@ def _assert_round_trip(
     np.testing.assert_array_equal(bundle.y_test, y_test)
 
 
-def test_cifar10_subset_round_trips_through_pickle_fallback(tmp_path: Path) -> None:
-    """A tiny CIFAR-10 in the official pickle layout (failing md5) loads exactly, HWC."""
-    arrays = _write_cifar10(tmp_path)
-    bundle = load_dataset("cifar10", data_dir=tmp_path)
+def _accept_files_as_official(monkeypatch: pytest.MonkeyPatch, cls: type, folder: Path) -> None:
+    """Make torchvision's md5 list (the official sums) match the files written in ``folder``."""
+    train_list = [[name, _md5(folder / name)] for name, _ in cls.train_list]
+    test_list = [[name, _md5(folder / name)] for name, _ in cls.test_list]
+    meta = {**cls.meta, "md5": _md5(folder / cls.meta["filename"])}
+    monkeypatch.setattr(cls, "train_list", train_list)
+    monkeypatch.setattr(cls, "test_list", test_list)
+    monkeypatch.setattr(cls, "meta", meta)
+
+
+def test_cifar10_loads_through_torchvision_when_checksums_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With md5 sums that match the files, torchvision's reader gives the arrays, HWC."""
+    arrays = _write_cifar10(tmp_path, bytes_keys=False)
+    _accept_files_as_official(
+        monkeypatch, torchvision.datasets.CIFAR10, tmp_path / "cifar-10-batches-py"
+    )
+    bundle = load_dataset("cifar10", data_dir=str(tmp_path))
     _assert_round_trip(bundle, arrays)
     assert bundle.name == "cifar10"
     assert bundle.num_classes == 10
@@ -101,35 +116,62 @@ def test_cifar10_subset_round_trips_through_pickle_fallback(tmp_path: Path) -> N
     np.testing.assert_allclose(bundle.std, x.std(axis=(0, 1, 2)), rtol=1e-10)
 
 
-def test_cifar10_loads_through_torchvision_when_checksums_match(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With md5 sums that match the files, the torchvision reader gives the same arrays."""
-    arrays = _write_cifar10(tmp_path, bytes_keys=False)
-    folder = tmp_path / "cifar-10-batches-py"
-    cls = torchvision.datasets.CIFAR10
-    train_list = [[name, _md5(folder / name)] for name, _ in cls.train_list]
-    test_list = [[name, _md5(folder / name)] for name, _ in cls.test_list]
-    meta = {**cls.meta, "md5": _md5(folder / "batches.meta")}
-    monkeypatch.setattr(cls, "train_list", train_list)
-    monkeypatch.setattr(cls, "test_list", test_list)
-    monkeypatch.setattr(cls, "meta", meta)
-
-    def _no_fallback(*args: object) -> None:
-        raise AssertionError("the pickle fallback must not be used when checksums match")
-
-    monkeypatch.setattr(loading, "_read_cifar_pickles", _no_fallback)
-    bundle = load_dataset("cifar10", data_dir=str(tmp_path))
-    _assert_round_trip(bundle, arrays)
-
-
-def test_cifar100_subset_round_trips(tmp_path: Path) -> None:
-    """A tiny CIFAR-100 (fine labels) loads exactly with 100 classes."""
+def test_cifar100_loads_with_fine_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny CIFAR-100 (fine labels) whose sums match loads exactly with 100 classes."""
     arrays = _write_cifar100(tmp_path)
+    _accept_files_as_official(
+        monkeypatch, torchvision.datasets.CIFAR100, tmp_path / "cifar-100-python"
+    )
     bundle = load_dataset("cifar100", data_dir=tmp_path)
     _assert_round_trip(bundle, arrays)
     assert bundle.num_classes == 100
     assert bundle.name == "cifar100"
+
+
+class _Tripwire:
+    """Unpickling this object creates ``marker``: the detectable side effect of a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_file_with_wrong_md5_is_refused_and_never_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch file that fails the md5 check raises one error naming it and the expected md5.
+
+    The file is a pickle whose unpickling would create a marker file, and ``pickle.load`` is
+    watched too: neither may happen.
+    """
+    _write_cifar10(tmp_path, bytes_keys=False)
+    folder = tmp_path / "cifar-10-batches-py"
+    _accept_files_as_official(monkeypatch, torchvision.datasets.CIFAR10, folder)
+    marker = tmp_path / "unpickled"
+    _dump(folder / "data_batch_2", {"data": _Tripwire(marker)})  # now fails its md5
+    expected = dict(torchvision.datasets.CIFAR10.train_list)["data_batch_2"]
+    loads: list[object] = []
+    real_load = pickle.load
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with pytest.raises(ValueError) as info:
+        load_dataset("cifar10", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(folder / "data_batch_2") in message
+    assert f"expected {expected}" in message
+    assert _md5(folder / "data_batch_2") in message
+    assert not marker.exists()
+    assert loads == []
+    pickle.loads((folder / "data_batch_2").read_bytes())  # the tripwire does work
+    assert marker.exists()
+
+
+def test_cifar_subset_with_unofficial_sums_is_refused(tmp_path: Path) -> None:
+    """Files that are not the official CIFAR files (e.g. a subset) are refused, not read."""
+    _write_cifar100(tmp_path)
+    with pytest.raises(ValueError, match=r"cifar-100-python/train failed the integrity check"):
+        load_dataset("cifar100", data_dir=tmp_path)
 
 
 def test_cifar_empty_data_dir_gives_clear_error(tmp_path: Path) -> None:
@@ -219,6 +261,17 @@ def test_npz_validates_arrays(
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=np.zeros(1, int))
     with pytest.raises(ValueError, match=match):
         load_dataset("npz", npz_path=path)
+
+
+def test_npz_with_object_array_is_refused(tmp_path: Path) -> None:
+    """An npz holding an object array (a pickle inside) is refused, naming key and file."""
+    path = tmp_path / "objects.npz"
+    x = np.zeros((2, 4, 4, 1), dtype=np.uint8)
+    labels = np.array([_Tripwire(tmp_path / "unpickled"), 1], dtype=object)
+    np.savez(path, x_train=x, y_train=labels, x_test=x, y_test=np.zeros(2, int))
+    with pytest.raises(ValueError, match=r"y_train in .*objects\.npz is an object array"):
+        load_dataset("npz", npz_path=path)
+    assert not (tmp_path / "unpickled").exists()
 
 
 def test_digits_embedded_dataset() -> None:

@@ -12,6 +12,7 @@ from edgekd.datasets import (
     class_histograms,
     core_split,
     dirichlet_partition,
+    fixed_size_partition,
     iid_partition,
     make_split,
     public_private_split,
@@ -244,3 +245,27 @@ def test_make_split_unknown_partitioner() -> None:
     with pytest.raises(ValueError, match="iid, dirichlet") as info:
         make_split(_labels(100), num_partitions=2, partitioner="shards")
     assert "shards" in str(info.value)
+
+
+def test_fixed_size_partition_keeps_each_edge_data_as_edges_are_added() -> None:
+    """Every partition has exactly ``size`` distinct rows, the same ones for 10 or 1,000
+    partitions (its own seeded draw), and there may be more partitions than rows."""
+    ten = fixed_size_partition(50, 10, 8, seed=4)
+    thousand = fixed_size_partition(50, 1000, 8, seed=4)
+    assert all(len(p) == 8 and len(np.unique(p)) == 8 for p in thousand)
+    assert all(np.array_equal(a, b) for a, b in zip(ten, thousand[:10], strict=True))
+    assert all(p.dtype == np.int64 and np.all(np.diff(p) > 0) for p in ten)
+    assert not np.array_equal(ten[0], ten[1])
+    with pytest.raises(ValueError, match=r"partition-size must be in \[1, 50\], got 51"):
+        fixed_size_partition(50, 3, 51, seed=0)
+
+
+def test_make_split_fixed_draws_from_outside_the_core() -> None:
+    """make_split('fixed') keeps the core out and gives every edge partition_size rows."""
+    labels = _labels(600)
+    split = make_split(
+        labels, num_partitions=700, partitioner="fixed", partition_size=5, core_fraction=0.1
+    )
+    assert split.core.size == 60 and split.num_partitions == 700
+    for part in split.partitions:
+        assert part.size == 5 and np.intersect1d(part, split.core).size == 0

@@ -171,3 +171,51 @@ def test_crashed_client_process_leaves_core_untouched(tiny_npz: Path, tmp_path: 
         assert rows[3]["test-loss"] == rows[2]["test-loss"]
     assert all(math.isfinite(rows[r]["test-acc"]) for r in rows)
     assert _processes_of_run(tmp_path / "flwr-home") == [], "the launcher left processes behind"
+
+
+def _metrics_without_timings(run_dir: Path) -> list[dict[str, object]]:
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    timing = ("elapsed", "seconds")
+    return [{k: v for k, v in row.items() if not any(w in k for w in timing)} for row in rows]
+
+
+@pytest.mark.slow  # three launcher runs, one waiting for the SuperLink to see the kill
+@pytest.mark.integration
+def test_launcher_run_sigkilled_after_round_2_resumes_through_ray(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPP on 3 edges, 4 rounds through flwr run + Ray: the ServerApp's process SIGKILLs
+    itself after round 2's checkpoint; ``edgekd.launch --resume`` finishes the run.
+
+    Prepare: an uninterrupted launcher run; a second one with the kill hook in the
+    environment (the SuperLink and the simulation inherit it).
+    Execute: the killed run, then ``python -m edgekd.launch --resume RUN_DIR``.
+    Assert: the killed run failed with round 2's checkpoint and no summary; the resumed run
+    exits 0 with rounds 0-4 and the uninterrupted run's metrics, timings aside; no process
+    of the runs is left.
+    """
+    from edgekd.checkpoint import KILL_HOOK, load_checkpoint
+    from edgekd.launch import main as launch_main
+
+    four_rounds = "strategy='cloned-distillation' num-server-rounds=4"
+    whole = _launch_three_edges(ROOT, tiny_npz, tmp_path / "whole", four_rounds)
+    monkeypatch.setenv(KILL_HOOK, "2")
+    out_dir = tmp_path / "killed" / "results"
+    run_config = (
+        f"dataset='npz' npz-path='{tiny_npz}' {THREE_EDGES} {four_rounds} output-dir='{out_dir}'"
+    )
+    federation = "num-supernodes=3 client-resources-num-cpus=1"
+    home = tmp_path / "killed" / "flwr-home"
+    try:
+        code = launch(ROOT, [run_config], federation, timeout=240, flwr_home=home)
+    except subprocess.TimeoutExpired:
+        code = -1
+    assert code != 0
+    (run_dir,) = list(out_dir.iterdir())
+    assert load_checkpoint(run_dir)["round"] == 2
+    assert not (run_dir / "summary.json").exists()
+    monkeypatch.delenv(KILL_HOOK)
+    resumed = launch_main([str(ROOT), "--resume", str(run_dir), "--federation-config", federation])
+    assert resumed == 0
+    assert _metrics_without_timings(run_dir) == _metrics_without_timings(whole)
+    assert _processes_of_run(home) == [], "the launcher left processes behind"

@@ -96,3 +96,50 @@ def test_strategies_never_import_the_recorder() -> None:
             if isinstance(node, ast.ImportFrom) and node.module is not None
         }
         assert "edgekd.results" not in imported, path.name
+
+
+def test_rounds_log_one_stage_line_and_an_eta_per_round(
+    tiny_npz: Path,
+    tmp_path: Path,
+    monkeypatch: Any,
+    caplog: Any,
+    one_torch_thread: None,
+) -> None:
+    """Off a terminal a 3-round run logs its "rounds" stage once, at the end, and every
+    round's line gives the ETA of the rounds left (0 s after the last)."""
+    import logging
+
+    monkeypatch.setenv("EDGEKD_PROGRESS", "log")
+    run_config = {
+        "strategy": "fedavg",
+        "dataset": "npz",
+        "npz-path": str(tiny_npz),
+        "num-partitions": 2,
+        "num-server-rounds": 3,
+        "batch-size": 16,
+    }
+    grid = InProcessGrid(client_app, run_config, num_nodes=2)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run_experiment(grid, run_config, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([x for x in lines if x.startswith("edgekd: rounds: 3/3 rounds in ")]) == 1
+    round_lines = [x for x in lines if x.startswith("edgekd: round ") and "/3 " in x]
+    assert [x.split()[2] for x in round_lines] == ["0/3", "1/3", "2/3", "3/3"]
+    assert all("ETA" in x for x in round_lines[1:])
+    assert round_lines[-1].endswith(", ETA 0s)")
+    training = [x for x in lines if x.startswith("edgekd: edge ") and " training " in x]
+    assert len(training) == 6  # one line per client training (2 clients x 3 rounds)
+
+
+def test_which_strategies_checkpoint() -> None:
+    """Flower's loop (FedAvg) and strategies with restore_checkpoint (cloned distillation,
+    async) checkpoint; FedMD, whose clients keep their models on the nodes, does not."""
+    from edgekd.runner import resumable
+    from edgekd.strategies.async_cloned_distillation import AsyncClonedDistillation
+    from edgekd.strategies.cloned_distillation import ClonedDistillation
+    from edgekd.strategies.fedmd import FedMD
+
+    assert resumable(FedAvg())
+    assert resumable(object.__new__(ClonedDistillation))
+    assert resumable(object.__new__(AsyncClonedDistillation))
+    assert not resumable(object.__new__(FedMD))

@@ -145,3 +145,48 @@ def test_threaded_grid_real_sleep_makes_edge_late(tiny_npz: Path, tmp_path: Path
     teachers = json.loads((tmp_path / "run" / "teachers.json").read_text())
     late = next(t for t in teachers if t["edge"] == 0)
     assert late["status"] == "ok" and late["staleness"] >= 1
+
+
+class _CrashError(Exception):
+    """Stands for the server dying right after a checkpoint."""
+
+
+def test_outstanding_reply_is_checkpointed_and_re_sent_on_resume(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1's edge is late when the server dies after round 1's checkpoint: the checkpoint
+    records its work as to be re-sent, and the resumed run re-sends it and uses the reply.
+
+    Prepare: round 1's reply held back for 100 pulls; the checkpoint writer raising after
+    writing round 1 (an in-process crash between rounds).
+    Execute: run_experiment until the crash; run_experiment(resume=True) on a fresh grid.
+    Assert: the checkpoint lists edge 0 of round 1 to be re-sent with its arrays; after the
+    resume, teachers.json has edge 0 dispatched in round 1, consumed in round 2 (ok).
+    """
+    from edgekd import runner
+    from edgekd.checkpoint import load_checkpoint, write_checkpoint
+
+    def crash_after_round_1(run_dir: Path, payload: dict[str, Any]) -> Path:
+        path = write_checkpoint(run_dir, payload)
+        if payload["round"] == 1:
+            raise _CrashError
+        return path
+
+    run_config = _run_config(tiny_npz, tmp_path)
+    monkeypatch.setattr(runner, "write_checkpoint", crash_after_round_1)
+    grid = InProcessGrid(client_app, run_config, num_nodes=3, delay_pulls=_late_first_edge(100))
+    with pytest.raises(_CrashError):
+        run_experiment(grid, run_config, tmp_path / "run")
+    outstanding = load_checkpoint(tmp_path / "run")["strategy"]["to-be-re-sent"]
+    assert [(o["server-round"], o["edge"]) for o in outstanding] == [(1, 0)]
+    assert outstanding[0]["arrays"] and outstanding[0]["config"]["server-round"] == 1
+    monkeypatch.setattr(runner, "write_checkpoint", write_checkpoint)
+    grid = InProcessGrid(client_app, run_config, num_nodes=3)
+    run_experiment(grid, run_config, tmp_path / "run", resume=True)
+    teachers = json.loads((tmp_path / "run" / "teachers.json").read_text())
+    edge0 = [t for t in teachers if t["edge"] == 0]
+    assert [(t["dispatch-round"], t["consumed-round"], t["status"]) for t in edge0] == [
+        (1, 2, "ok")
+    ]
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2, 3]

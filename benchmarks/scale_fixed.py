@@ -1,0 +1,200 @@
+"""Scale with fixed data per edge: 10, 100, 1,000 and 10,000 SuperNodes on the simulation engine.
+
+Unlike ``scale.py`` (the same images split among more and more edges, so each edge's work
+shrinks), every edge here holds the same number of images however many edges there are:
+``partitioner = "fixed"``, each edge drawing ``--per-edge`` images with its own seed from
+``../shared/data/cifar10_head.npz``. Two strategies, each run being ``python -m edgekd.launch``
+(private SuperLink, one SuperNode per edge, 1 CPU per virtual client, 1 torch thread):
+
+- ``fedavg``: Flower's FedAvg sampling 10 edges per round (``fraction-train = 10 / edges``);
+- ``cloned-distillation``: CPP, one edge per round (core 10 %).
+
+Measured per run: time per round (median of the ServerApp's ``elapsed-s`` differences over
+rounds >= 2), time to the first round (launcher start to the ServerApp's round-1 line: start-up
+of the SuperLink, Ray and the nodes, Phase 0, the partition mapping), and the peak memory of
+the whole process tree (RSS and PSS, sampled every 0.5 s). A run that fails or exceeds
+``--timeout`` is recorded with what was measured (wall time, peak memory, last lines).
+
+Usage::
+
+    python benchmarks/scale_fixed.py                         # writes benchmarks/scale_fixed.json
+    python benchmarks/scale_fixed.py --edges 10 100 --strategies fedavg --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import (
+    HERE,
+    PYTHON,
+    ROOT,
+    bench_env,
+    machine,
+    run_timed,
+    stop_on_sigterm,
+    today,
+    write_json,
+)
+
+DATA = "../shared/data/cifar10_head.npz"
+STRATEGIES = ("fedavg", "cloned-distillation")
+SAMPLED_PER_ROUND = 10
+
+
+def overrides(strategy: str, edges: int, args: argparse.Namespace, out_dir: Path) -> str:
+    """The run config of one run (``key=value ...``)."""
+    pairs: dict[str, Any] = {
+        "strategy": json.dumps(strategy),
+        "dataset": '"npz"',
+        "npz-path": json.dumps(str((ROOT / args.data).resolve())),
+        "model": '"cnn"',
+        "partitioner": '"fixed"',
+        "partition-size": args.per_edge,
+        "partition-seed": 42,
+        "num-partitions": edges,
+        "num-server-rounds": args.rounds,
+        "local-epochs": 1,
+        "batch-size": 32,
+        "seed": 0,
+        "output-dir": json.dumps(str(out_dir)),
+    }
+    if strategy == "fedavg":
+        pairs.update(
+            {
+                "fraction-train": min(1.0, SAMPLED_PER_ROUND / edges),
+                "min-available-nodes": edges,
+            }
+        )
+    else:
+        pairs.update(
+            {
+                "cd-variant": '"CPP"',
+                "core-fraction": 0.1,
+                "cd-core-epochs": 1,
+                "cd-distill-epochs": 1,
+                "cd-distill-views": 1,
+            }
+        )
+    return " ".join(f"{k}={v}" for k, v in pairs.items())
+
+
+def _first_round_s(lines: list[tuple[float, str]]) -> float | None:
+    for stamp, line in lines:
+        if "edgekd: round 1/" in line:
+            return stamp
+    return None
+
+
+def one_run(strategy: str, edges: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One launcher run; its timings and memory (or what was measured before it failed)."""
+    with tempfile.TemporaryDirectory(prefix="edgekd-scale-fixed-") as tmp:
+        out = Path(tmp)
+        command = [
+            PYTHON,
+            "-m",
+            "edgekd.launch",
+            str(ROOT),
+            "--run-config",
+            overrides(strategy, edges, args, out),
+            "--federation-config",
+            f"num-supernodes={edges} client-resources-num-cpus=1",
+            "--timeout",  # the launcher gives up and stops its SuperLink and Ray itself
+            str(args.timeout),
+        ]
+        run = run_timed(command, env=bench_env(1), sample_memory=True, timeout=args.timeout + 180)
+        files = sorted(out.glob("*/metrics.json"))
+        rows = json.loads(files[-1].read_text()) if files else []
+    record: dict[str, Any] = {
+        "strategy": strategy,
+        "edges": edges,
+        "returncode": run.returncode,
+        "wall_s": run.wall_s,
+        "first_round_s": _first_round_s(run.lines),
+        "rounds_recorded": max((int(r["round"]) for r in rows), default=-1),
+        "memory": run.memory,
+    }
+    elapsed = [float(r["elapsed-s"]) for r in rows if r.get("elapsed-s") is not None]
+    round_s = [b - a for a, b in itertools.pairwise(elapsed)]
+    if run.returncode != 0 or len(round_s) < 2:
+        record["error"] = "\n".join(line for _, line in run.lines[-40:])
+        return record
+    record.update({"round_s": round_s, "round_s_median": statistics.median(round_s[1:])})
+    return record
+
+
+def _ratios(runs: list[dict[str, Any]], high: int, low: int) -> dict[str, Any]:
+    by_key = {(r["strategy"], r["edges"]): r for r in runs if "round_s_median" in r}
+    ratios: dict[str, Any] = {}
+    for strategy in {r["strategy"] for r in runs}:
+        a, b = by_key.get((strategy, high)), by_key.get((strategy, low))
+        if a and b:
+            ratios[strategy] = {
+                "round_time": a["round_s_median"] / b["round_s_median"],
+                "rss": a["memory"]["peak_rss_mb"] / b["memory"]["peak_rss_mb"],
+                "pss": a["memory"]["peak_pss_mb"] / b["memory"]["peak_pss_mb"],
+            }
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--edges", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-edge", type=int, default=32, help="images per edge")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--out", type=Path, default=HERE / "scale_fixed.json")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {
+        "command": "python benchmarks/scale_fixed.py " + " ".join(sys.argv[1:]),
+        "date": today(),
+        "machine": machine(),
+        "engine": "Flower simulation engine (Ray), python -m edgekd.launch",
+        "settings": {
+            "edges": args.edges,
+            "strategies": {
+                "fedavg": f"Flower FedAvg, {SAMPLED_PER_ROUND} edges sampled per round",
+                "cloned-distillation": "CPP, one edge per round, core 10 %",
+            },
+            "rounds": args.rounds,
+            "data": args.data,
+            "per_edge": args.per_edge,
+            "partitioner": "fixed (each edge draws its own images, seeded)",
+            "model": "cnn",
+            "client_resources_num_cpus": 1,
+            "torch_threads": 1,
+            "timeout_s": args.timeout,
+        },
+        "runs": [],
+    }
+    for edges in args.edges:  # smallest first: a failure at the largest size keeps the rest
+        for strategy in args.strategies:
+            record = one_run(strategy, edges, args)
+            result["runs"].append(record)
+            result["ratios_1000_10"] = _ratios(result["runs"], 1000, 10)
+            write_json(args.out, result)
+            print(
+                f"{strategy} {edges} edges: rc {record['returncode']}, wall "
+                f"{record['wall_s']:.0f}s, first round {record['first_round_s']}, round "
+                f"{record.get('round_s_median', 'n/a')}, peak RSS "
+                f"{record['memory'].get('peak_rss_mb', 'n/a')} MB",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    stop_on_sigterm()
+    sys.exit(main())
