@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from edgekd.config import ExperimentConfig, Rules, check_fields, parse_section
-from edgekd.protocol import ARRAYS, CONFIG, METRICS
+from edgekd.protocol import ARRAYS, CONFIG
 from edgekd.strategies.cloned_distillation import (
     ClonedDistillation,
     ClonedDistillationConfig,
