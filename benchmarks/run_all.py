@@ -349,13 +349,22 @@ def _scale_fixed_section(data: dict[str, Any] | None) -> list[str]:
         )
     failed = [r for r in data["runs"] if "error" in r]
     for run in failed:
-        tail = " / ".join(line.strip() for line in run["error"].splitlines()[-3:])
+        text = run["error"].splitlines()
+        server = [x.split(":", 1)[-1].strip() for x in text if "ROUND" in x or "round " in x]
         lines.append(
             f"\n{run['strategy']} at {run['edges']} edges did not finish (exit "
-            f"{run['returncode']}, {fmt(run['wall_s'], 0)} s, {run['rounds_recorded']} rounds "
-            f"recorded, peak RSS {fmt(run['memory'].get('peak_rss_mb'), 0)} MB); last lines: "
-            f"`{tail[-300:]}`"
+            f"{run['returncode']}, {fmt(run['wall_s'], 0)} s, last round recorded "
+            f"{run['rounds_recorded']}, peak RSS {fmt(run['memory'].get('peak_rss_mb'), 0)} MB); "
+            f"the ServerApp's last round line: `{server[-1] if server else 'none'}`; "
+            f"the launcher's last line: `{text[-1].strip()[:200] if text else ''}`"
         )
+        if run["strategy"] == "cloned-distillation" and run["rounds_recorded"] == 0:
+            lines.append(
+                "Round 1 of cloned distillation starts with the partition mapping (one `whoami` "
+                "query per SuperNode): the measured limit at this size is that time, not "
+                f"memory (peak RSS {fmt(run['memory'].get('peak_rss_mb'), 0)} MB of "
+                f"{data['machine'].get('memory_gb')} GB)."
+            )
     return [*lines, ""]
 
 
