@@ -347,9 +347,13 @@ def _start(
         "evaluate_fn": round_end,
     }
     if uses_flower_loop(strategy):
-        return run_rounds(
+        result = run_rounds(
             strategy, grid, arrays, first_round=first_round, result=round_end.result, **options
         )
+        check = getattr(strategy, "check_result", None)
+        if check is not None:
+            check(result, cfg.num_server_rounds)
+        return result
     return strategy.start(grid=grid, initial_arrays=arrays, **options)
 
 

@@ -49,17 +49,24 @@ class _FailsWithoutClients(RoundReports, FedAvg):
         self.__dict__.setdefault("_reasons", []).extend(failures.values())
         return super().aggregate_train(server_round, replies)
 
+    # edgekd's runner drives it with :func:`edgekd.strategies.rounds.run_rounds` (Flower's loop
+    # with a first round, for resume), then calls :meth:`check_result`
+    flower_loop = True
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:
         """Flower's round loop, then fail if not one round had a client that trained."""
         result = super().start(grid, initial_arrays, **options)
-        num_rounds = options.get("num_rounds", 3)
+        self.check_result(result, options.get("num_rounds", 3))
+        return result
+
+    def check_result(self, result: Result, num_rounds: int) -> None:
+        """Raise :class:`FederationError` when no client trained in any round."""
         if num_rounds >= 1 and not result.train_metrics_clientapp:
             reasons = list(dict.fromkeys(self.__dict__.get("_reasons", [])))
             raise FederationError(
                 f"{self.name}: no client trained in any of {num_rounds} round(s): "
                 f"{'; '.join(map(str, reasons[:3])) or 'no reply'}"
             )
-        return result
 
 
 class CheckedFedAvg(_FailsWithoutClients):

@@ -22,8 +22,9 @@ __all__ = ["run_rounds", "uses_flower_loop"]
 
 
 def uses_flower_loop(strategy: Strategy) -> bool:
-    """True when ``strategy`` runs Flower's own ``start`` (it does not override it)."""
-    return type(strategy).start is Strategy.start
+    """True when ``strategy`` runs Flower's own ``start``: it does not override it, or it
+    declares ``flower_loop = True`` (its ``start`` only adds a check, ``check_result``)."""
+    return type(strategy).start is Strategy.start or bool(getattr(strategy, "flower_loop", False))
 
 
 def run_rounds(
