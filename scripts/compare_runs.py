@@ -1,6 +1,6 @@
 """Compare two runs' metrics.json value by value (timings excepted): are they digit-identical?
 
-    python scripts/compare_runs.py RUN_A/metrics.json RUN_B/metrics.json
+    python scripts/compare_runs.py RUN_A/metrics.json RUN_B/metrics.json [--json OUT --note TEXT]
 
 Prints how many numeric per-round values were compared and how many differ (the first few
 named); exits 1 when any differs or the runs have different numbers of rounds.
@@ -8,6 +8,7 @@ named); exits 1 when any differs or the runs have different numbers of rounds.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -34,13 +35,29 @@ def differences(a: list[dict], b: list[dict]) -> tuple[int, list[str]]:
 
 def main() -> int:
     """Compare the two files named on the command line."""
-    a, b = (json.loads(Path(p).read_text()) for p in sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the comparison to this file")
+    parser.add_argument("--note", default="", help="what the two runs are (kept in --json)")
+    args = parser.parse_args()
+    a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
     if len(a) != len(b):
         print(f"different numbers of rounds: {len(a)} vs {len(b)}")
         return 1
     compared, differ = differences(a, b)
     print("\n".join(differ[:5]))
     print(f"{compared} values compared, {len(differ)} differ; {len(a)} rounds")
+    if args.json:
+        record = {
+            "note": args.note,
+            "rounds": len(a),
+            "compared": compared,
+            "differ": len(differ),
+            "identical": not differ,
+            "test_acc": {"a": [r.get("test-acc") for r in a], "b": [r.get("test-acc") for r in b]},
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 1 if differ else 0
 
 
