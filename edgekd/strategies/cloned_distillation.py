@@ -46,6 +46,7 @@ from edgekd.strategies.cloned_distillation_config import (
     parse_variant,
 )
 from edgekd.strategies.common import (
+    CentralEvaluation,
     FederationError,
     NodeMapper,
     RoundReports,
@@ -65,7 +66,7 @@ __all__ = ["ClonedDistillation", "ClonedDistillationConfig", "EdgeTeacher", "par
 NAME = "cloned-distillation"
 
 
-class ClonedDistillation(RoundReports, Strategy):
+class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
     """One edge per round; the returned edge models are distilled into the core model.
 
     Parameters
@@ -448,19 +449,6 @@ class ClonedDistillation(RoundReports, Strategy):
             **{f"after/{k}": v for k, v in after.items()},
             **consensus_change(before, after),
         }
-
-    # ------------------------------------------------------------------ no federated evaluation
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the core is evaluated centrally on the test split."""
-        return []
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Nothing to aggregate (see :meth:`configure_evaluate`)."""
-        return None
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, **options: Any) -> Result:
         """Phase 0 on the core data, then Flower's round loop with one edge per round.

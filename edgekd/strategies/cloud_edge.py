@@ -61,6 +61,7 @@ from edgekd.protocol.common import NUM_EXAMPLES
 from edgekd.seeds import derive_seed
 from edgekd.strategies.cloud_edge_config import CloudEdgeConfig
 from edgekd.strategies.common import (
+    CentralEvaluation,
     FederationError,
     NodeMapper,
     RoundReports,
@@ -81,7 +82,7 @@ def sweep_order(sigmas: Iterable[float]) -> list[float]:
     return [1.0, *rest]
 
 
-class CloudEdge(RoundReports, Strategy):
+class CloudEdge(CentralEvaluation, RoundReports, Strategy):
     """The cloud of Algorithm 1: distil a calibrated student, answer the edges' unsure samples.
 
     Parameters
@@ -399,18 +400,6 @@ class CloudEdge(RoundReports, Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Unused: :meth:`start` runs the exchanges."""
         return None, None
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the student is evaluated centrally."""
-        return []
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Nothing to aggregate."""
-        return None
 
 
 @register_strategy("cloud-edge", sections={"ce-": CloudEdgeConfig})

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 import torch
-from flwr.app import Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -32,6 +32,7 @@ from edgekd.protocol import ARRAYS, METRICS, WHOAMI, member_key
 from edgekd.protocol.common import NUM_PARTITIONS, PARTITION_ID
 
 __all__ = [
+    "CentralEvaluation",
     "FederationError",
     "NodeMapper",
     "RoundReports",
@@ -380,3 +381,20 @@ class RoundReports:
     def run_files(self) -> Mapping[str, Any]:
         """Extra JSON files of the run, by file name (none by default)."""
         return {}
+
+
+class CentralEvaluation:
+    """Strategy mixin (before ``Strategy`` in the bases): no federated evaluation, the server
+    evaluates its own model centrally, so there is nothing to send or aggregate."""
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Nothing to aggregate."""
+        return None
