@@ -48,7 +48,8 @@ the same split, one edge per round, no core data, from a random model. Runs:
 
 Where it was made: every run on a 2-core CPU VM (no GPU was lent), 1 torch thread per run, 2 runs
 side by side, library code of commit b765c72 (the pilot's; core-fedavg, which came later: of
-ae4f19e; IEP and CEM-average: of ac73e2f, with up to six runs side by side); the restructured
+ae4f19e; IEP and CEM-average seeds 0, 1, 4: of ac73e2f, with up to six runs side by side;
+CEM-average seeds 2 and 3: of cbf8116, the merged library of the second session); the restructured
 library of later commits gives the same numbers digit for digit (checked on CPP, seed 0, every
 per-round value; `digit_check.json` when present).
 
