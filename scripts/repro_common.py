@@ -49,7 +49,7 @@ class RunProgress:
             left = self.total - self.done
             eta = eta_seconds(self.timed, self.timed + left, self.seconds, parallel=self.workers)
             line = (
-                f"[{time.strftime('%H:%M:%S')}] {name}: done in {seconds:.0f}s; runs "
+                f"[{time.strftime('%H:%M:%S')}] after {name}: runs "
                 f"{self.done}/{self.total} done, {left} left, ETA "
                 f"{'?' if eta is None else f'{eta / 60:.0f} min'} (finish ~{finish_time(eta)} UTC)"
             )
