@@ -34,6 +34,7 @@ __all__ = [
     "DistillOutcome",
     "StudentLoss",
     "distil_student",
+    "forward_stages",
     "select_checkpoint",
     "student_objective",
 ]
@@ -68,7 +69,9 @@ class StudentLoss:
             raise ValueError(f"loss must be one of {STUDENT_LOSSES}, got {self.name!r}")
 
 
-def _stages(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+def forward_stages(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``model.forward_stages(x)``: (logits, one feature map per residual stage); a named
+    ``ValueError`` for a model without it."""
     forward_stages = getattr(model, "forward_stages", None)
     if forward_stages is None:
         raise ValueError(
@@ -93,9 +96,9 @@ def student_objective(
         with torch.no_grad():
             t_logits = teacher(x)
         return soft_target_loss(logits, t_logits, y, **kd), logits
-    logits, s_maps = _stages(student, x)
+    logits, s_maps = forward_stages(student, x)
     with torch.no_grad():
-        t_logits, t_maps = _stages(teacher, x)
+        t_logits, t_maps = forward_stages(teacher, x)
     if loss.name == "nmd":
         value = nmd_loss(
             logits,

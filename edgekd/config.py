@@ -24,6 +24,7 @@ __all__ = [
     "check_choice",
     "check_fields",
     "check_known_keys",
+    "comma_floats",
     "config_key",
     "config_value",
     "parse_section",
@@ -91,6 +92,21 @@ def parse_section(cls: type[T], run_config: Mapping[str, Any], prefix: str = "")
         parse: Callable[[Any], Any] | None = spec.metadata.get("parse")
         values[spec.name] = parse(value) if parse is not None else value
     return cls(**values)
+
+
+def comma_floats(key: str) -> Callable[[str], tuple[float, ...]]:
+    """A ``parse`` for :func:`parse_section`: ``"4,2,1"`` -> ``(4.0, 2.0, 1.0)``.
+
+    A part that is not a number raises one error naming ``key`` and the whole value.
+    """
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError as err:
+            raise ValueError(f"{key} must be comma-separated numbers, got {text!r}") from err
+
+    return parse
 
 
 def check_known_keys(

@@ -7,17 +7,23 @@ edge models then costs one student forward/backward per batch plus a gather of s
 whatever M is: no teacher forward happens inside the distillation loop.
 
 Epoch ``e`` of a distillation uses view ``e % views`` of the pool, in a seeded batch order.
+
+A feature term (:class:`FeatureTeachers`, e.g. the cloud-edge paper's neuron manifold
+distances) cannot be cached that way: it compares the student's residual-stage features with
+each teacher's on the same batch, so it runs one teacher forward pass per feature teacher and
+batch, on the pool rows whose logits were stored.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from edgekd.cloud_edge_training import forward_stages
 from edgekd.datasets import augment_batch
 from edgekd.losses import cloned_distillation_loss
 from edgekd.progress import stage
@@ -31,7 +37,7 @@ from edgekd.training import (
     predict_logits,
 )
 
-__all__ = ["DistillPool", "distill", "make_distill_pool", "pool_logits"]
+__all__ = ["DistillPool", "FeatureTeachers", "distill", "make_distill_pool", "pool_logits"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,40 @@ class DistillPool:
         """Rows of view ``index`` (taken modulo ``views``)."""
         start = (index % self.views) * self.n
         return slice(start, start + self.n)
+
+
+@dataclass(frozen=True)
+class FeatureTeachers:
+    """Teachers whose residual-stage features enter Phase 2's loss.
+
+    ``term(student_maps, teacher_maps)`` is a scalar loss of the two models' stage feature maps
+    on one batch (e.g. :func:`edgekd.losses.manifold_term` with its weights bound); teacher
+    ``m`` contributes ``weights[m] * term(...)``. The teachers' features are computed without
+    gradient, in eval mode, so their weights never change.
+    """
+
+    models: Sequence[nn.Module]
+    weights: Sequence[float]
+    term: Callable[[list[Tensor], list[Tensor]], Tensor]
+
+    def __post_init__(self) -> None:
+        """Refuse a weight count that does not match the models."""
+        if len(self.models) != len(self.weights):
+            raise ValueError(
+                f"FeatureTeachers: {len(self.models)} models but {len(self.weights)} weights"
+            )
+        for model in self.models:
+            model.eval()
+
+    def loss(self, student_maps: list[Tensor], x: Tensor) -> Tensor:
+        """``sum_m weights[m] * term(student_maps, teacher_m's maps on x)``."""
+        total = torch.zeros((), device=x.device)
+        for model, weight in zip(self.models, self.weights, strict=True):
+            if weight:
+                with torch.no_grad():
+                    _, teacher_maps = forward_stages(model, x)
+                total = total + weight * self.term(student_maps, teacher_maps)
+        return total
 
 
 def make_distill_pool(
@@ -96,6 +136,7 @@ def distill(
     seed: int = 0,
     lr_schedule: str = "cosine",
     progress: str = "distillation",
+    feature_teachers: FeatureTeachers | None = None,
 ) -> TrainResult:
     """Train ``student`` in place with L = CE(core) + t² Σ_m w_m KL(teacher_m ‖ student).
 
@@ -122,6 +163,9 @@ def distill(
     progress : str
         Name of the stage shown by :func:`edgekd.progress.stage`, by default
         ``"distillation"``.
+    feature_teachers : FeatureTeachers, optional
+        Adds ``feature_teachers.loss`` (the student's stage features against each teacher's on
+        the batch) to every step; the student then needs ``forward_stages``. Default: none.
 
     Returns
     -------
@@ -152,7 +196,10 @@ def distill(
             for start in range(0, pool.n, batch_size):
                 rows = order[start : start + batch_size]
                 xb, yb = pool.x[rows], pool.y[rows]
-                logits = student(xb)
+                if feature_teachers is not None:
+                    logits, student_maps = forward_stages(student, xb)
+                else:
+                    logits = student(xb)
                 if num_teachers:
                     loss = cloned_distillation_loss(
                         logits,
@@ -164,6 +211,8 @@ def distill(
                     )
                 else:
                     loss = ce_weight * nn.functional.cross_entropy(logits, yb)
+                if feature_teachers is not None:
+                    loss = loss + feature_teachers.loss(student_maps, xb)
                 optimizer_step(optimizer, scheduler, loss)
                 stats.add(loss, logits, yb)
                 bar.advance()

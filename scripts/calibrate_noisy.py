@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from repro_common import ROOT, compact_run, run_profile
+
+from edgekd.strategies.teacher_memory import judge_edge
 
 CD = ROOT / "simulations" / "cloned-distillation"
 LN = ROOT / "simulations" / "lagged-noisy"
@@ -69,8 +70,7 @@ def replay(run: dict[str, Any], threshold: float, noisy: bool) -> dict[str, int]
     accepted: list[float] = []
     first_reference = run["detect_reference"][0]
     for edge, score in zip(run["edge"], run["detect_score"], strict=True):
-        reference = statistics.median(accepted) if accepted else first_reference
-        suspect = score < threshold * reference
+        _, suspect = judge_edge(score, accepted, first_reference, threshold)
         corrupted = noisy and int(edge) in NOISY_EDGES
         counts[("tp" if suspect else "fn") if corrupted else ("fp" if suspect else "tn")] += 1
         if not suspect:

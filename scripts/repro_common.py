@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,60 @@ def run_profile(
         flush=True,
     )
     return run_dir
+
+
+def run_compact(
+    name: str,
+    seed: int,
+    profiles: Sequence[Path],
+    out: Path,
+    compact: Callable[[Path], dict[str, Any]],
+    *,
+    extra: Sequence[str] = (),
+    workers: int = 0,
+    progress: RunProgress | None = None,
+) -> dict[str, Any]:
+    """Run ``profiles`` with ``seed`` unless ``out/compact/<name>-seed<seed>.json`` exists.
+
+    The run goes to ``out/runs/<name>-seed<seed>``; ``compact(run_dir)`` picks the numbers
+    the summary needs, saved with ``name`` and ``seed`` as that JSON (small enough to
+    commit, so a table is built in several sittings). ``progress`` counts the run.
+    """
+    path = out / "compact" / f"{name}-seed{seed}.json"
+    if path.exists():
+        if progress is not None:
+            progress.skipped()
+        return json.loads(path.read_text())
+    started = time.monotonic()
+    run_dir = run_profile(profiles, seed, out / "runs" / f"{name}-seed{seed}", extra, workers)
+    result = {"name": name, "seed": seed, **compact(run_dir)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result) + "\n")
+    if progress is not None:
+        progress.finished(f"{name}-seed{seed}", time.monotonic() - started)
+    return result
+
+
+def run_jobs(
+    jobs: Sequence[tuple[str, int]],
+    workers: int,
+    run: Callable[[str, int, RunProgress], dict[str, Any]],
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """``run(name, seed, progress)`` for every job, ``workers`` side by side (threads)."""
+    print(f"{len(jobs)} runs, {workers} at a time", flush=True)
+    progress = RunProgress(len(jobs), workers=workers)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {job: pool.submit(run, *job, progress) for job in jobs}
+        return {job: future.result() for job, future in futures.items()}
+
+
+def load_compacts(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every compact run under ``out/compact``, keyed by (name, seed)."""
+    runs = {}
+    for path in sorted((out / "compact").glob("*.json")):
+        run = json.loads(path.read_text())
+        runs[(run["name"], run["seed"])] = run
+    return runs
 
 
 def load_rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -21,12 +21,18 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, RunProgress, compact_run, paired, run_profile
+from repro_common import (
+    ROOT,
+    RunProgress,
+    compact_run,
+    load_compacts,
+    paired,
+    run_compact,
+    run_jobs,
+)
 
 PROFILES = ROOT / "simulations" / "cloned-distillation"
 VARIANTS = ["IsPP", "IPP", "IEP", "IPM", "CPP", "CEP", "CPM", "CEM"]
@@ -73,27 +79,9 @@ CLAIMS = [  # the paper's orderings (Fig. 5): A beats B
 def run_one(
     name: str, seed: int, out: Path, extra: list[str], progress: RunProgress | None = None
 ) -> dict[str, Any]:
-    """Run ``name`` with ``seed`` unless its compact JSON exists; return the compact run.
-
-    ``progress`` counts the run (done / left / estimated finish time)."""
-    compact_path = out / "compact" / f"{name}-seed{seed}.json"
-    if compact_path.exists():
-        if progress is not None:
-            progress.skipped()
-        return json.loads(compact_path.read_text())
-    started = time.monotonic()
-    run_dir = run_profile(
-        [PROFILES / "base.toml", PROFILES / f"{name}.toml"],
-        seed,
-        out / "runs" / f"{name}-seed{seed}",
-        extra,
-    )
-    compact = {"name": name, "seed": seed, **compact_run(run_dir)}
-    compact_path.parent.mkdir(parents=True, exist_ok=True)
-    compact_path.write_text(json.dumps(compact) + "\n")
-    if progress is not None:
-        progress.finished(f"{name}-seed{seed}", time.monotonic() - started)
-    return compact
+    """Run ``name`` with ``seed`` unless its compact JSON exists; return the compact run."""
+    profiles = [PROFILES / "base.toml", PROFILES / f"{name}.toml"]
+    return run_compact(name, seed, profiles, out, compact_run, extra=extra, progress=progress)
 
 
 def teacher_minus_core(run: dict[str, Any]) -> float | None:
@@ -184,17 +172,10 @@ def main() -> int:
     out: Path = args.out
     extra = [f"cache-dir='{args.cache_dir}'"]
     jobs = [(n, s) for n in ORDER if n in args.variants for s in args.seeds]
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
     if args.report_only:
-        for path in sorted((out / "compact").glob("*.json")):
-            run = json.loads(path.read_text())
-            runs[(run["name"], run["seed"])] = run
+        runs = load_compacts(out)
     else:
-        print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
-        progress = RunProgress(len(jobs), workers=args.workers)
-        with ThreadPoolExecutor(args.workers) as pool:
-            futures = {job: pool.submit(run_one, *job, out, extra, progress) for job in jobs}
-            runs = {job: future.result() for job, future in futures.items()}
+        runs = run_jobs(jobs, args.workers, lambda n, s, p: run_one(n, s, out, extra, p))
     summary = summarise(runs, args.seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from report_cloned_distillation import write_report

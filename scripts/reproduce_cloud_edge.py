@@ -16,7 +16,9 @@ seconds per distillation epoch; ``paired`` differences of selected test accuracy
 (``"NMD-ST"`` = NMD-linear minus ST; 95 % t-interval; verdict on "A beats B");
 ``seconds_per_epoch_ratio_nmd_st`` (Table 2's 88 s / 72 s = 1.22); ``sigma_sweep``, the
 offloading figures of NMD-linear averaged over seeds (``offload_rate`` is the fraction sent
-to the cloud, i.e. 1 minus Eq. 35's "recall rate"), and ``sigma_sweep_by_loss``.
+to the cloud, i.e. 1 minus Eq. 35's "recall rate"; ``recovered`` the share of the
+edge-to-cloud gap closed), ``offload_goal`` (the best sigma with offload <= 30 %) and
+``sigma_sweep_by_loss``. ``report_cloud_edge.py`` then writes the README and the plot.
 
     python scripts/reproduce_cloud_edge.py --workers 2                 # seeds 0-4
     python scripts/reproduce_cloud_edge.py --report-only               # summary only
@@ -31,11 +33,10 @@ import argparse
 import json
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, paired, run_profile
+from repro_common import ROOT, RunProgress, load_compacts, paired, run_compact, run_jobs
 
 PROFILES = ROOT / "simulations" / "cloud-edge"
 LOSSES = ["CE", "ST", "AT", "FSP", "NMD-linear", "NMD-LTSA"]
@@ -56,7 +57,7 @@ SWEEP_KEYS = {
 }
 
 
-def compact_run(name: str, seed: int, run_dir: Path) -> dict[str, Any]:
+def compact_run(run_dir: Path) -> dict[str, Any]:
     """The numbers of one run that the summary needs (small enough to commit)."""
     report = json.loads((run_dir / "cloud_edge.json").read_text())
     cloud = report["cloud"]
@@ -65,8 +66,6 @@ def compact_run(name: str, seed: int, run_dir: Path) -> dict[str, Any]:
         for row in report["sweep"]
     ]
     return {
-        "name": name,
-        "seed": seed,
         "run": run_dir.name,
         "student_acc": cloud["student-test-selected"]["acc"],
         "ece_selected": cloud["student-test-selected"]["ece"],
@@ -79,21 +78,12 @@ def compact_run(name: str, seed: int, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+def run_one(
+    name: str, seed: int, out: Path, extra: list[str], progress: RunProgress | None = None
+) -> dict[str, Any]:
     """Run loss ``name`` with ``seed`` unless its compact JSON exists; return it."""
-    compact_path = out / "compact" / f"{name}-seed{seed}.json"
-    if compact_path.exists():
-        return json.loads(compact_path.read_text())
-    run_dir = run_profile(
-        [PROFILES / "base.toml", PROFILES / f"{name}.toml"],
-        seed,
-        out / "runs" / f"{name}-seed{seed}",
-        extra,
-    )
-    compact = compact_run(name, seed, run_dir)
-    compact_path.parent.mkdir(parents=True, exist_ok=True)
-    compact_path.write_text(json.dumps(compact) + "\n")
-    return compact
+    profiles = [PROFILES / "base.toml", PROFILES / f"{name}.toml"]
+    return run_compact(name, seed, profiles, out, compact_run, extra=extra, progress=progress)
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -114,6 +104,37 @@ def _mean_sweep(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[key] = statistics.fmean(values) if None not in values else None
         rows.append(row)
     return rows
+
+
+def with_recovery(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sweep row plus ``recovered``: (system - edge) / (cloud - edge), the share of the
+    edge-to-cloud accuracy gap that offloading closes (``None`` without a positive gap)."""
+    out = []
+    for row in rows:
+        gap = (
+            None
+            if None in (row["cloud_acc"], row["edge_acc"])
+            else row["cloud_acc"] - row["edge_acc"]
+        )
+        recovered = (row["system_acc"] - row["edge_acc"]) / gap if gap and gap > 0 else None
+        out.append({**row, "recovered": recovered})
+    return out
+
+
+def offload_goal(rows: list[dict[str, Any]], max_rate: float = 0.3) -> dict[str, Any]:
+    """The issue's goal: at an offload rate <= ``max_rate`` the system recovers >= half of the
+    gap. The sigma with the largest recovery among those within the rate."""
+    within = [r for r in rows if r["offload_rate"] <= max_rate and r["recovered"] is not None]
+    if not within:
+        return {"met": False, "sigma": None, "offload_rate": None, "recovered": None}
+    best = max(within, key=lambda r: r["recovered"])
+    return {
+        "met": best["recovered"] >= 0.5,
+        "sigma": best["sigma"],
+        "offload_rate": best["offload_rate"],
+        "recovered": best["recovered"],
+        "max_offload_rate": max_rate,
+    }
 
 
 def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -143,6 +164,7 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
         ka, kb = ALIASES.get(a, a), ALIASES.get(b, b)
         if ka in acc and kb in acc:
             pairs[f"{a}-{b}"] = paired(acc[ka], acc[kb])
+    sweep = with_recovery(_mean_sweep(done["NMD-linear"])) if "NMD-linear" in done else None
     ratio = None
     if "NMD-linear" in done and "ST" in done:
         nmd = [run["seconds_per_epoch"] for run in done["NMD-linear"]]
@@ -153,8 +175,11 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
         "losses": losses,
         "paired": pairs,
         "seconds_per_epoch_ratio_nmd_st": ratio,
-        "sigma_sweep": _mean_sweep(done["NMD-linear"]) if "NMD-linear" in done else None,
-        "sigma_sweep_by_loss": {name: _mean_sweep(group) for name, group in done.items()},
+        "sigma_sweep": sweep,
+        "offload_goal": offload_goal(sweep) if sweep else None,
+        "sigma_sweep_by_loss": {
+            name: with_recovery(_mean_sweep(group)) for name, group in done.items()
+        },
         "missing": [name for name in LOSSES if name not in done],
         "setup": {
             "data": "../shared/data/cifar10_head.npz (5,170 train / 1,017 test CIFAR-10)",
@@ -188,19 +213,16 @@ def main() -> int:
     out: Path = args.out
     extra = [f"cache-dir='{args.cache_dir}'", *args.extra]
     jobs = [(n, s) for n in LOSSES if n in args.losses for s in args.seeds]
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
     if args.report_only:
-        for path in sorted((out / "compact").glob("*.json")):
-            run = json.loads(path.read_text())
-            runs[(run["name"], run["seed"])] = run
+        runs = load_compacts(out)
     else:
-        print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
-        with ThreadPoolExecutor(args.workers) as pool:
-            futures = {job: pool.submit(run_one, *job, out, extra) for job in jobs}
-            runs = {job: future.result() for job, future in futures.items()}
+        runs = run_jobs(jobs, args.workers, lambda n, s, p: run_one(n, s, out, extra, p))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summarise(runs, args.seeds), indent=2) + "\n")
-    print(f"wrote {out / 'summary.json'}", flush=True)
+    from report_cloud_edge import write_report
+
+    write_report(json.loads((out / "summary.json").read_text()), out)
+    print(f"wrote {out / 'summary.json'} and {out / 'README.md'}", flush=True)
     return 0
 
 

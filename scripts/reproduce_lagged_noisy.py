@@ -28,11 +28,19 @@ import argparse
 import json
 import sys
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, compact_run, final_stats, paired, run_profile
+from repro_common import (
+    ROOT,
+    RunProgress,
+    compact_run,
+    final_stats,
+    load_compacts,
+    paired,
+    run_compact,
+    run_jobs,
+)
 
 CD = ROOT / "simulations" / "cloned-distillation"
 LN = ROOT / "simulations" / "lagged-noisy"
@@ -62,22 +70,32 @@ def chain(name: str) -> list[Path]:
     return [CD / "base.toml", CD / "CPM.toml", LN / "noisy.toml", LN / f"{name}.toml"]
 
 
-def run_one(name: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
-    """Run profile ``name`` with ``seed`` unless its compact JSON exists; the compact run."""
-    path = out / "compact" / f"{name}-seed{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    workers = 2 if name.startswith("lag-") else 0
-    run_dir = run_profile(chain(name), seed, out / "runs" / f"{name}-seed{seed}", extra, workers)
-    compact = {"name": name, "seed": seed, **compact_run(run_dir)}
+def compact_with_teachers(run_dir: Path) -> dict[str, Any]:
+    """The compact run plus each teacher's record (``teachers.json``), when the run has one."""
+    compact = compact_run(run_dir)
     teachers_path = run_dir / "teachers.json"
     if teachers_path.exists():
         compact["teachers"] = [
             {k: t[k] for k in TEACHER_KEYS if k in t} for t in json.loads(teachers_path.read_text())
         ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(compact) + "\n")
     return compact
+
+
+def run_one(
+    name: str, seed: int, out: Path, extra: list[str], progress: RunProgress | None = None
+) -> dict[str, Any]:
+    """Run profile ``name`` with ``seed`` unless its compact JSON exists; the compact run."""
+    workers = 2 if name.startswith("lag-") else 0
+    return run_compact(
+        name,
+        seed,
+        chain(name),
+        out,
+        compact_with_teachers,
+        extra=extra,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def check_calibration(out: Path) -> dict[str, Any]:
@@ -234,17 +252,11 @@ def main() -> int:
         jobs += [("lag-late-used-polynomial", s) for s in args.seeds]
     if "noisy" in args.parts:
         jobs += [(n, s) for s in args.seeds for n in NOISY.values()]
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
     if args.report_only:
-        for path in sorted((out / "compact").glob("*.json")):
-            run = json.loads(path.read_text())
-            runs[(run["name"], run["seed"])] = run
+        runs = load_compacts(out)
     else:
-        print(f"{len(jobs)} runs, {args.parallel} at a time", flush=True)
         extra = [f"cache-dir='{args.cache_dir}'"]
-        with ThreadPoolExecutor(args.parallel) as pool:
-            futures = {job: pool.submit(run_one, *job, out, extra) for job in jobs}
-            runs = {job: future.result() for job, future in futures.items()}
+        runs = run_jobs(jobs, args.parallel, lambda n, s, p: run_one(n, s, out, extra, p))
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if "lag" in args.parts:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import re
 
 import pytest
@@ -10,8 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.distillation import DistillPool, distill, make_distill_pool, pool_logits
-from edgekd.losses import cloned_distillation_loss
+from edgekd.distillation import (
+    DistillPool,
+    FeatureTeachers,
+    distill,
+    make_distill_pool,
+    pool_logits,
+)
+from edgekd.losses import cloned_distillation_loss, manifold_term
 from edgekd.models import build_model
 
 NUM_CLASSES = 4
@@ -324,3 +332,104 @@ def test_distill_rejects_unknown_lr_schedule() -> None:
             temperature=2.0,
             lr_schedule="step",
         )
+
+
+# ----------------------------------------------------------------------------- feature teachers
+def _resnets(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """A resnet8 student and a differently initialised resnet8 teacher (4 classes, 8x8)."""
+    torch.manual_seed(seed)
+    student = build_model("resnet8", num_classes=NUM_CLASSES)
+    torch.manual_seed(seed + 1)
+    teacher = build_model("resnet8", num_classes=NUM_CLASSES).eval()
+    return student, teacher
+
+
+def _squared_maps(
+    student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]
+) -> torch.Tensor:
+    """A hand-checkable feature term: the sum over stages of the mean squared difference."""
+    return sum(((s - t) ** 2).mean() for s, t in zip(student_maps, teacher_maps, strict=True))
+
+
+def test_feature_teachers_loss_is_the_weighted_sum_of_the_term() -> None:
+    """FeatureTeachers.loss = sum_m w_m * term(student maps, teacher_m maps), teachers in eval.
+
+    Prepare: a resnet8 student, two resnet8 teachers (put in train mode), weights 0.25 and 2.
+    Execute: FeatureTeachers(...).loss on one batch.
+    Assert: equals the same sum computed by hand from each model's forward_stages; the teachers
+    were switched to eval mode; no gradient reaches the teachers.
+    """
+    student, first = _resnets(0)
+    _, second = _resnets(5)
+    first.train()
+    second.train()
+    x, _ = _data(16)
+    teachers = FeatureTeachers([first, second], [0.25, 2.0], _squared_maps)
+    assert not first.training and not second.training
+    _, student_maps = student.forward_stages(x)
+    got = teachers.loss(student_maps, x)
+    with torch.no_grad():
+        expected = 0.25 * _squared_maps(student_maps, first.forward_stages(x)[1]) + 2.0 * (
+            _squared_maps(student_maps, second.forward_stages(x)[1])
+        )
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    got.backward()
+    assert all(p.grad is None for p in [*first.parameters(), *second.parameters()])
+    assert any(p.grad is not None for p in student.parameters())
+
+
+def test_feature_teachers_refuse_a_weight_count_that_does_not_match() -> None:
+    """One model with two weights is refused with both counts in the message."""
+    _, teacher = _resnets()
+    with pytest.raises(ValueError, match="1 models but 2 weights"):
+        FeatureTeachers([teacher], [1.0, 1.0], _squared_maps)
+
+
+def test_distill_with_zero_feature_weight_equals_plain_distillation() -> None:
+    """A feature teacher of weight 0 changes nothing: the student ends bit-identical.
+
+    Prepare: a resnet8 student (two copies), a teacher, its stored logits on the pool.
+    Execute: distill one copy plainly and the other with FeatureTeachers([teacher], [0]).
+    Assert: identical state dicts (forward_stages' logits equal forward's).
+    """
+    student, teacher = _resnets()
+    x, y = _data()
+    pool = make_distill_pool(x, y)
+    logits = pool_logits([teacher], pool)
+    options = {"epochs": 2, "batch_size": 16, "lr": 0.05, "temperature": 4.0, "seed": 3}
+    plain, featured = copy.deepcopy(student), copy.deepcopy(student)
+    distill(plain, pool, logits, **options)
+    distill(
+        featured,
+        pool,
+        logits,
+        **options,
+        feature_teachers=FeatureTeachers([teacher], [0.0], _squared_maps),
+    )
+    a, b = plain.state_dict(), featured.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distill_with_a_manifold_term_moves_the_student_not_the_teacher() -> None:
+    """NMD's manifold term in Phase 2 changes the student's training and never the teacher.
+
+    Prepare: a resnet8 student (two copies), a teacher, its stored logits on the pool.
+    Execute: distill plainly and with FeatureTeachers([teacher], [1], manifold_term(4, 2, 1)).
+    Assert: the students differ; the loss is finite; the teacher's state is bit-identical.
+    """
+    student, teacher = _resnets()
+    before = copy.deepcopy(teacher.state_dict())
+    x, y = _data()
+    pool = make_distill_pool(x, y)
+    logits = pool_logits([teacher], pool)
+    options = {"epochs": 2, "batch_size": 16, "lr": 0.05, "temperature": 4.0, "seed": 3}
+    plain, featured = copy.deepcopy(student), copy.deepcopy(student)
+    distill(plain, pool, logits, **options)
+    term = functools.partial(manifold_term, stage_weights=(4.0, 2.0, 1.0), dim=4)
+    result = distill(
+        featured, pool, logits, **options, feature_teachers=FeatureTeachers([teacher], [1.0], term)
+    )
+    assert math.isfinite(result.loss)
+    a, b = plain.state_dict(), featured.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

@@ -24,7 +24,7 @@ A new method adds one module here and re-exports its loss below.
 from __future__ import annotations
 
 from edgekd.losses.cloned_distillation import cloned_distillation_loss
-from edgekd.losses.cloud_edge import manifold_distance, nmd_loss, soft_target_loss
+from edgekd.losses.cloud_edge import manifold_distance, manifold_term, nmd_loss, soft_target_loss
 from edgekd.losses.feature_kd import attention_transfer_loss, fsp_loss
 from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
 from edgekd.losses.fedprox import prox_term
@@ -39,6 +39,7 @@ __all__ = [
     "kd_kl_loss",
     "latent_distillation_loss",
     "manifold_distance",
+    "manifold_term",
     "nmd_loss",
     "prox_term",
     "soft_target_loss",

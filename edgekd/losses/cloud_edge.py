@@ -46,6 +46,7 @@ __all__ = [
     "ltsa_projector",
     "manifold_distance",
     "manifold_gram",
+    "manifold_term",
     "nmd_loss",
     "pca_projector",
     "soft_target_loss",
@@ -278,11 +279,6 @@ def nmd_loss(
     Tensor
         Scalar loss.
     """
-    if not len(student_features) == len(teacher_features) == len(stage_weights):
-        raise ValueError(
-            f"stage counts differ: {len(student_features)} student, "
-            f"{len(teacher_features)} teacher features, {len(stage_weights)} stage_weights"
-        )
     loss = soft_target_loss(
         student_logits,
         teacher_logits,
@@ -291,11 +287,41 @@ def nmd_loss(
         beta=beta,
         temperature=temperature,
     )
+    return loss + manifold_term(
+        student_features,
+        teacher_features,
+        stage_weights=stage_weights,
+        manifold=manifold,
+        dim=dim,
+        neighbors=neighbors,
+    )
+
+
+def manifold_term(
+    student_features: Sequence[Tensor],
+    teacher_features: Sequence[Tensor],
+    *,
+    stage_weights: Sequence[float],
+    manifold: str = "linear",
+    dim: int = 8,
+    neighbors: int = 8,
+) -> Tensor:
+    """The manifold part of Eq. 3: ``sum_j lambda_j * d(psi(f_j^t), psi(f_j^s))``.
+
+    Parameters are those of :func:`nmd_loss`; stages with ``lambda_j = 0`` are not computed.
+    Returns a scalar (0 when every weight is 0) on the student features' device.
+    """
+    if not len(student_features) == len(teacher_features) == len(stage_weights):
+        raise ValueError(
+            f"stage counts differ: {len(student_features)} student, "
+            f"{len(teacher_features)} teacher features, {len(stage_weights)} stage_weights"
+        )
+    total = torch.zeros((), device=student_features[0].device if student_features else None)
     for j, (s, t, w) in enumerate(
         zip(student_features, teacher_features, stage_weights, strict=True)
     ):
         weight = _check_weight(f"stage_weights[{j}]", w)
         if weight:
             d = manifold_distance(s, t, manifold=manifold, dim=dim, neighbors=neighbors)
-            loss = loss + weight * d
-    return loss
+            total = total + weight * d
+    return total

@@ -20,6 +20,7 @@ The settings (``cd-*``) and the variant names are in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections import deque
@@ -35,8 +36,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from edgekd.config import ExperimentConfig
-from edgekd.distillation import DistillPool, distill, make_distill_pool, pool_logits
+from edgekd.distillation import (
+    DistillPool,
+    FeatureTeachers,
+    distill,
+    make_distill_pool,
+    pool_logits,
+)
 from edgekd.experiment import TensorData, build_experiment_model, core_data, test_data
+from edgekd.losses import manifold_term
 from edgekd.metrics import consensus_change, prediction_consensus
 from edgekd.models import EdgeKDModel
 from edgekd.protocol import ARRAYS, CONFIG
@@ -105,6 +113,11 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
         self.core: TensorData = core_data(config)
         self.test: TensorData = test_data(config)
         self.model: EdgeKDModel = build_experiment_model(config, seed=config.seed)
+        if cd_config.distill_loss == "nmd" and not hasattr(self.model, "forward_stages"):
+            raise ValueError(
+                f"cd-distill-loss 'nmd' needs residual-stage features: model "
+                f"{config.model!r} has no forward_stages (use a CIFAR ResNet)"
+            )
         self.independent: EdgeKDModel | None = None
         self.teachers = TeacherMemory(cd_config, self.core, self.test)
         self.nodes = NodeMapper(config.num_partitions, NAME)
@@ -134,10 +147,13 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
         log(INFO, "\t├── Phase 0: %s epochs, lr %s", cd.core_epochs, cd.core_lr)
         log(
             INFO,
-            "\t├── Phase 2: %s epochs, lr %s, t=%s",
+            "\t├── Phase 2: %s epochs, lr %s, t=%s, loss %s",
             cd.distill_epochs,
             cd.distill_lr,
             cd.temperature,
+            cd.distill_loss
+            if cd.distill_loss == "kl"
+            else f"nmd ({cd.manifold}, d={cd.manifold_dim}, weights {cd.nmd_weights})",
         )
         log(
             INFO,
@@ -372,7 +388,27 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
             teacher_weights=weights if len(weights) else None,
             seed=derive_seed("distill", self.config.seed, server_round=server_round),
             progress=f"distillation (round {server_round})",
+            feature_teachers=self._feature_teachers() if len(weights) else None,
         )
+
+    def _feature_teachers(self) -> FeatureTeachers | None:
+        """With ``cd-distill-loss = "nmd"``: the remembered models and the manifold term."""
+        if self.cd.distill_loss != "nmd":
+            return None
+        states, weights = self.teachers.feature_states()
+        models = []
+        for state in states:
+            model = build_experiment_model(self.config)
+            model.load_state_dict(state, strict=True)
+            models.append(model)
+        term = functools.partial(
+            manifold_term,
+            stage_weights=self.cd.nmd_weights,
+            manifold=self.cd.manifold,
+            dim=self.cd.manifold_dim,
+            neighbors=self.cd.neighbors,
+        )
+        return FeatureTeachers(models, weights, term)
 
     # ------------------------------------------------------------------ Phase 2, step by step
     def _distill_round(
@@ -401,7 +437,14 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
                 return metrics
             weight *= metrics.pop("weight-factor", 1.0)
             metrics["teacher-weight"] = weight
-        teacher_accs = self.teachers.remember(server_round, edge, outputs, weight, staleness)
+        teacher_accs = self.teachers.remember(
+            server_round,
+            edge,
+            outputs,
+            weight,
+            staleness,
+            models=teachers if self.cd.distill_loss == "nmd" else (),
+        )
         metrics.update(self._distil(server_round, edge, outputs.test_logits, teacher_accs))
         return metrics
 

@@ -16,14 +16,17 @@ With ``cd-variant = ""`` the three keys are used as given (``cd-edge-init`` empt
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from edgekd.config import Rules, check_fields, parse_section
+from edgekd.config import Rules, check_fields, comma_floats, config_value, parse_section
+from edgekd.losses.cloud_edge import MANIFOLDS
+from edgekd.strategies.cloud_edge_config import check_nmd_batch, check_nmd_settings
 
 __all__ = [
     "CONTROL",
     "DETECT_POLICIES",
+    "DISTILL_LOSSES",
     "EDGE_INITS",
     "EDGE_ORDERS",
     "ENSEMBLE_MODES",
@@ -35,6 +38,7 @@ EDGE_INITS = ("clone", "independent", "scratch")
 EDGE_ORDERS = ("round-robin", "permutation")
 DETECT_POLICIES = ("off", "flag", "downweight", "reject")
 ENSEMBLE_MODES = ("members", "average")
+DISTILL_LOSSES = ("kl", "nmd")
 CONTROL = "control"
 _RULES = Rules(
     choices={
@@ -42,8 +46,14 @@ _RULES = Rules(
         "edge_order": EDGE_ORDERS,
         "ensemble_mode": ENSEMBLE_MODES,
         "detect_policy": DETECT_POLICIES,
+        "distill_loss": DISTILL_LOSSES,
+        "manifold": MANIFOLDS,
     },
-    at_least={1: "ensemble_size memory_size", 0: "core_epochs distill_epochs distill_views"},
+    at_least={
+        1: "ensemble_size memory_size manifold_dim",
+        2: "neighbors",
+        0: "core_epochs distill_epochs distill_views",
+    },
     positive="core_lr distill_lr temperature round_timeout detect_threshold",
     within={"detect_downweight": "[0, 1]"},
 )
@@ -119,6 +129,18 @@ class ClonedDistillationConfig:
         ``detect_downweight``, "reject" leaves it out (the core is not touched).
     detect_threshold, detect_downweight : float
         See ``detect_policy``.
+    distill_loss : {"kl", "nmd"}
+        Phase 2's teacher term: "kl" (default, the paper's Eq. 1: ``t^2`` KL to each stored
+        teacher's logits) or "nmd", which adds the cloud-edge paper's neuron manifold
+        distances (Eq. 3, :func:`edgekd.losses.manifold_term`) between the core's and each
+        teacher's residual-stage features, weighted like the teacher's KL term. NMD keeps the
+        remembered edges' models and runs one teacher forward pass per teacher and batch;
+        it needs models with ``forward_stages`` (CIFAR ResNets).
+    nmd_weights : tuple[float, ...]
+        ``lambda_j``, one per residual stage (``"4,2,1"``: larger for shallow stages).
+    manifold, manifold_dim, neighbors
+        NMD's manifold ``psi`` ("linear" or "ltsa"), its dimension ``d`` (at most
+        ``batch-size``) and LTSA's ``k`` (below ``batch-size``).
     """
 
     variant: str = ""
@@ -138,11 +160,26 @@ class ClonedDistillationConfig:
     detect_policy: str = "off"
     detect_threshold: float = 0.8
     detect_downweight: float = 0.1
+    distill_loss: str = "kl"
+    nmd_weights: tuple[float, ...] = field(
+        default=(4.0, 2.0, 1.0),
+        metadata={"kind": str, "raw-default": "4,2,1", "parse": comma_floats("cd-nmd-weights")},
+    )
+    manifold: str = "linear"
+    manifold_dim: int = 8
+    neighbors: int = 10
 
     def __post_init__(self) -> None:
         """Resolve ``variant`` against the explicit keys and validate every value."""
         self._apply_variant()
         check_fields(self, "cd-", _RULES)
+        check_nmd_settings(
+            "cd-",
+            weights=self.nmd_weights,
+            manifold=self.manifold,
+            dim=self.manifold_dim,
+            neighbors=self.neighbors,
+        )
 
     def _apply_variant(self) -> None:
         if not self.variant:
@@ -163,8 +200,18 @@ class ClonedDistillationConfig:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ClonedDistillationConfig:
-        """Parse the ``cd-*`` keys; absent keys take the defaults."""
-        return parse_section(cls, run_config, "cd-")
+        """Parse the ``cd-*`` keys (absent keys take the defaults); with NMD, check the
+        manifold against ``batch-size`` (default 32)."""
+        parsed = parse_section(cls, run_config, "cd-")
+        if parsed.distill_loss == "nmd":
+            check_nmd_batch(
+                "cd-",
+                manifold=parsed.manifold,
+                dim=parsed.manifold_dim,
+                neighbors=parsed.neighbors,
+                batch_size=config_value(run_config, "batch-size", 32, int),
+            )
+        return parsed
 
     @property
     def is_control(self) -> bool:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekd.cloud_edge_training import STUDENT_LOSSES, StudentLoss
-from edgekd.config import Rules, check_fields, config_value, parse_section
+from edgekd.config import Rules, check_fields, comma_floats, config_value, parse_section
 from edgekd.losses.cloud_edge import MANIFOLDS
 from edgekd.models import list_models
 
-__all__ = ["LOSSES", "CloudEdgeConfig"]
+__all__ = ["LOSSES", "CloudEdgeConfig", "check_nmd_batch", "check_nmd_settings"]
 
 LOSSES = STUDENT_LOSSES
 _RULES = Rules(
@@ -33,14 +33,34 @@ _RULES = Rules(
 )
 
 
-def _floats(key: str) -> Any:
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            return tuple(float(part) for part in text.split(",") if part.strip())
-        except ValueError as err:
-            raise ValueError(f"{key} must be comma-separated numbers, got {text!r}") from err
+def check_nmd_settings(
+    prefix: str, *, weights: tuple[float, ...], manifold: str, dim: int, neighbors: int
+) -> None:
+    """Refuse NMD settings that cannot work, naming the ``<prefix>*`` key and the value.
 
-    return parse
+    Three stage weights ``>= 0`` (one per residual stage) and, for LTSA, ``dim < neighbors``
+    (``d + 1`` local basis vectors must fit in a neighbourhood).
+    """
+    if len(weights) != 3 or any(not w >= 0 for w in weights):
+        raise ValueError(
+            f"{prefix}nmd-weights must be 3 numbers >= 0 (one per residual stage), got {weights!r}"
+        )
+    if manifold == "ltsa" and dim >= neighbors:
+        raise ValueError(
+            f"{prefix}manifold-dim ({dim}) must be < {prefix}neighbors ({neighbors}) for the "
+            "LTSA manifold"
+        )
+
+
+def check_nmd_batch(
+    prefix: str, *, manifold: str, dim: int, neighbors: int, batch_size: int
+) -> None:
+    """``ValueError`` when ``d > batch-size`` or (LTSA) ``k >= batch-size``: a manifold is
+    drawn from one batch."""
+    if dim > batch_size:
+        raise ValueError(f"{prefix}manifold-dim ({dim}) must be <= batch-size ({batch_size})")
+    if manifold == "ltsa" and neighbors >= batch_size:
+        raise ValueError(f"{prefix}neighbors ({neighbors}) must be < batch-size ({batch_size})")
 
 
 @dataclass(frozen=True)
@@ -97,7 +117,7 @@ class CloudEdgeConfig:
     neighbors: int = 10
     nmd_weights: tuple[float, ...] = field(
         default=(4.0, 2.0, 1.0),
-        metadata={"kind": str, "raw-default": "4,2,1", "parse": _floats("ce-nmd-weights")},
+        metadata={"kind": str, "raw-default": "4,2,1", "parse": comma_floats("ce-nmd-weights")},
     )
     at_weight: float = 1000.0
     fsp_weight: float = 50.0
@@ -111,7 +131,7 @@ class CloudEdgeConfig:
         metadata={
             "kind": str,
             "raw-default": "0,0.05,0.1,0.2,0.3,0.5,1",
-            "parse": _floats("ce-sigmas"),
+            "parse": comma_floats("ce-sigmas"),
         },
     )
     round_timeout: float = 3600.0
@@ -124,18 +144,15 @@ class CloudEdgeConfig:
                 f"ce-teacher-model must be a registered model, got {self.teacher_model!r}; "
                 f"valid: {', '.join(list_models())}"
             )
-        if len(self.nmd_weights) != 3 or any(not w >= 0 for w in self.nmd_weights):
-            raise ValueError(
-                f"ce-nmd-weights must be 3 numbers >= 0 (one per residual stage), "
-                f"got {self.nmd_weights!r}"
-            )
+        check_nmd_settings(
+            "ce-",
+            weights=self.nmd_weights,
+            manifold=self.manifold,
+            dim=self.manifold_dim,
+            neighbors=self.neighbors,
+        )
         if not self.sigmas or any(not 0 <= s <= 1 for s in self.sigmas):
             raise ValueError(f"ce-sigmas must be numbers in [0, 1], got {self.sigmas!r}")
-        if self.manifold == "ltsa" and self.manifold_dim >= self.neighbors:
-            raise ValueError(
-                f"ce-manifold-dim ({self.manifold_dim}) must be < ce-neighbors "
-                f"({self.neighbors}) for the LTSA manifold"
-            )
         sweep = tuple(sorted(set(self.sigmas) | {1.0}))
         object.__setattr__(self, "sigmas", sweep)
 
@@ -148,14 +165,14 @@ class CloudEdgeConfig:
 
     def check_batch_size(self, batch_size: int) -> None:
         """``ValueError`` when ``d > batch-size`` or (for NMD-LTSA) ``k >= batch-size``."""
-        if self.loss != "nmd":
-            return
-        if self.manifold_dim > batch_size:
-            raise ValueError(
-                f"ce-manifold-dim ({self.manifold_dim}) must be <= batch-size ({batch_size})"
+        if self.loss == "nmd":
+            check_nmd_batch(
+                "ce-",
+                manifold=self.manifold,
+                dim=self.manifold_dim,
+                neighbors=self.neighbors,
+                batch_size=batch_size,
             )
-        if self.manifold == "ltsa" and self.neighbors >= batch_size:
-            raise ValueError(f"ce-neighbors ({self.neighbors}) must be < batch-size ({batch_size})")
 
     def student_loss(self) -> StudentLoss:
         """The student's objective with these weights."""

@@ -1,15 +1,17 @@
 """Cloned distillation's memory of edge teachers, and the detection of corrupted edges.
 
 Phase 2 keeps, for each of the last M returned edges (``cd-memory-size``), the logits of its
-teachers on the distillation pool (never its weights: distillation cost does not grow with
-M). Before an edge enters the memory it can be scored on the server's core data
-(``cd-detect-policy``): a *suspect* edge is flagged, down-weighted or rejected.
+teachers on the distillation pool (its weights only for a feature term such as NMD: with KL,
+distillation cost does not grow with M). Before an edge enters the memory it can be scored
+on the server's core data (``cd-detect-policy``): a *suspect* edge is flagged, down-weighted
+or rejected.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
@@ -22,12 +24,34 @@ from edgekd.models import EdgeKDModel
 from edgekd.strategies.cloned_distillation_config import ClonedDistillationConfig
 from edgekd.training import evaluate, predict_logits
 
-__all__ = ["EdgeTeacher", "TeacherMemory", "TeacherOutputs"]
+__all__ = ["EdgeTeacher", "TeacherMemory", "TeacherOutputs", "judge_edge"]
+
+
+def judge_edge(
+    score: float,
+    accepted_scores: Sequence[float],
+    fallback: float | Callable[[], float],
+    threshold: float,
+) -> tuple[float, bool]:
+    """The detection rule: ``(reference, suspect)`` for an edge scoring ``score``.
+
+    The reference is the median of the previously accepted edges' scores; before any edge is
+    accepted it is ``fallback`` (the core model's own score; a callable is only evaluated
+    then). The edge is suspect when ``score < threshold * reference``. The detector
+    (:meth:`TeacherMemory.detect`) and offline replays of it (``scripts/calibrate_noisy.py``)
+    share this function.
+    """
+    if accepted_scores:
+        reference = float(np.median(accepted_scores))
+    else:
+        reference = float(fallback() if callable(fallback) else fallback)
+    return reference, score < threshold * reference
 
 
 @dataclass
 class EdgeTeacher:
-    """What the core keeps of one returned edge: its logits on the pool, not its weights."""
+    """What the core keeps of one returned edge: its logits on the pool and, only when Phase 2
+    needs the teachers' features (``cd-distill-loss = "nmd"``), its models' weights."""
 
     server_round: int
     partition_id: int
@@ -35,6 +59,7 @@ class EdgeTeacher:
     test_accuracies: list[float]
     weight: float = 1.0
     staleness: int = 0
+    model_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,11 +106,13 @@ class TeacherMemory:
         """
         logits = torch.stack([predict_logits(t, self.core.x) for t in teachers]).mean(0)
         score = float((logits.argmax(1) == self.core.y).float().mean())
-        if self.accepted_scores:
-            reference = float(np.median(self.accepted_scores))
-        else:
-            reference = evaluate(core_model, self.core.x, self.core.y).accuracy
-        return score, reference, score < self.cd.detect_threshold * reference
+        reference, suspect = judge_edge(
+            score,
+            self.accepted_scores,
+            lambda: evaluate(core_model, self.core.x, self.core.y).accuracy,
+            self.cd.detect_threshold,
+        )
+        return score, reference, suspect
 
     def screen(
         self, server_round: int, edge: int, core_model: torch.nn.Module, teachers: list[EdgeKDModel]
@@ -125,9 +152,10 @@ class TeacherMemory:
         outputs: TeacherOutputs,
         weight: float,
         staleness: int,
+        models: Sequence[torch.nn.Module] = (),
     ) -> list[float]:
-        """Remember: store the edge's pool logits (their mean in "average" mode); return its
-        teachers' test accuracies."""
+        """Remember: store the edge's pool logits (their mean in "average" mode) and the
+        ``models``' weights, if given; return its teachers' test accuracies."""
         test_y = self.test.y
         teacher_accs = [
             float((lg.argmax(1) == test_y).float().mean()) for lg in outputs.test_logits
@@ -136,7 +164,15 @@ class TeacherMemory:
         if self.cd.ensemble_mode == "average":
             logits = logits.mean(0, keepdim=True)
         self.entries.append(
-            EdgeTeacher(server_round, edge, logits, teacher_accs, weight, staleness)
+            EdgeTeacher(
+                server_round,
+                edge,
+                logits,
+                teacher_accs,
+                weight,
+                staleness,
+                [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models],
+            )
         )
         return teacher_accs
 
@@ -145,3 +181,15 @@ class TeacherMemory:
         logits = torch.cat([entry.pool_logits for entry in self.entries])
         weights = torch.cat([torch.full((len(e.pool_logits),), e.weight) for e in self.entries])
         return logits, weights
+
+    def feature_states(self) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+        """Every remembered model's weights and its weight in the feature term: the edge's
+        weight, shared equally by its models in "average" mode (one teacher per edge)."""
+        states: list[dict[str, torch.Tensor]] = []
+        weights: list[float] = []
+        for entry in self.entries:
+            count = len(entry.model_states)
+            share = 1.0 / count if count and self.cd.ensemble_mode == "average" else 1.0
+            states.extend(entry.model_states)
+            weights.extend([entry.weight * share] * len(entry.model_states))
+        return states, weights

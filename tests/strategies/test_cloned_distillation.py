@@ -27,6 +27,7 @@ from edgekd.strategies.cloned_distillation import (
     ClonedDistillationConfig,
     parse_variant,
 )
+from edgekd.strategies.teacher_memory import TeacherOutputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -184,6 +185,11 @@ def test_config_without_variant_uses_the_keys_as_given() -> None:
         ("cd-round-timeout", -1, "cd-round-timeout must be > 0, got -1.0"),
         ("cd-core-epochs", "many", "'cd-core-epochs' must be a int, got 'many'"),
         ("cd-variant", "XEM", "variant 'XEM'"),
+        ("cd-distill-loss", "mse", "cd-distill-loss must be one of .* got 'mse'"),
+        ("cd-nmd-weights", "1,2", r"cd-nmd-weights must be 3 numbers >= 0 .* got \(1.0, 2.0\)"),
+        ("cd-nmd-weights", "4,x,1", "cd-nmd-weights must be comma-separated numbers, got '4,x,1'"),
+        ("cd-manifold", "tsne", "cd-manifold must be one of .* got 'tsne'"),
+        ("cd-manifold-dim", 0, "cd-manifold-dim must be >= 1, got 0"),
     ],
 )
 def test_config_rejects_bad_values(key: str, value: object, message: str) -> None:
@@ -719,3 +725,86 @@ def test_nodes_partition_as_their_node_config_says(
     ]
     nodes_cfg = ExperimentConfig.from_run_config({**run_config, "num-partitions": num_nodes})
     assert rows[1]["edge-num-examples"] == len(client_data(nodes_cfg, 0))
+
+
+# ----------------------------------------------------------------------------- NMD in Phase 2
+def test_config_nmd_manifold_must_fit_in_a_batch() -> None:
+    """With cd-distill-loss "nmd", d > batch-size and (LTSA) k >= batch-size are refused."""
+    with pytest.raises(ValueError, match=r"cd-manifold-dim \(64\) must be <= batch-size \(32\)"):
+        ClonedDistillationConfig.from_run_config(
+            {"cd-distill-loss": "nmd", "cd-manifold-dim": 64, "batch-size": 32}
+        )
+    with pytest.raises(ValueError, match=r"cd-neighbors \(16\) must be < batch-size \(16\)"):
+        ClonedDistillationConfig.from_run_config(
+            {"cd-distill-loss": "nmd", "cd-manifold": "ltsa", "cd-neighbors": 16, "batch-size": 16}
+        )
+    # the default KL loss never reads the manifold settings against the batch
+    ClonedDistillationConfig.from_run_config({"cd-manifold-dim": 64, "batch-size": 32})
+
+
+def test_nmd_needs_a_model_with_residual_stages(tiny_npz: Path, tmp_path: Path) -> None:
+    """cd-distill-loss "nmd" with a model without forward_stages is refused at construction."""
+    with pytest.raises(ValueError, match="model 'cnn' has no forward_stages"):
+        _strategy(tiny_npz, tmp_path, **{"cd-distill-loss": "nmd", "cd-manifold-dim": 4})
+
+
+def _nmd_rows(tiny_npz: Path, tmp_path: Path, name: str, **overrides: Any) -> dict[int, Any]:
+    """A 2-round CPM run with resnet8 cores over real messages; its metrics rows."""
+    run_config = _run_config(
+        tiny_npz,
+        tmp_path,
+        model="resnet8",
+        **{"num-server-rounds": 2, "cd-variant": "CPM", "cd-manifold-dim": 4},
+        **overrides,
+    )
+    grid = InProcessGrid(real_client_app, run_config, num_nodes=3)
+    run_experiment(grid, run_config, tmp_path / name)
+    return _rows(tmp_path / name)
+
+
+def test_nmd_phase2_with_zero_stage_weights_equals_kl(tiny_npz: Path, tmp_path: Path) -> None:
+    """NMD in Phase 2 is KL plus the manifold terms: with every lambda_j = 0 it is KL exactly.
+
+    Prepare: three 2-round CPM runs (memory 2) on resnet8: cd-distill-loss "kl"; "nmd" with
+    cd-nmd-weights "0,0,0"; "nmd" with "4,2,1".
+    Execute: run_experiment over real messages for each.
+    Assert: the zero-weight NMD run's per-round metrics equal the KL run's digit for digit; the
+    4,2,1 run distils both rounds (status ok, finite loss) and ends with another Phase-2 loss.
+    """
+    kl = _nmd_rows(tiny_npz, tmp_path, "kl")
+    zero = _nmd_rows(
+        tiny_npz, tmp_path, "zero", **{"cd-distill-loss": "nmd", "cd-nmd-weights": "0,0,0"}
+    )
+    nmd = _nmd_rows(tiny_npz, tmp_path, "nmd", **{"cd-distill-loss": "nmd"})
+    for server_round in (1, 2):
+        for key in ("core-acc-after", "distill-loss", "core-train-acc", "test-acc", "test-loss"):
+            assert zero[server_round][key] == kl[server_round][key], (server_round, key)
+        assert nmd[server_round]["edge-status"] == "ok"
+        assert math.isfinite(nmd[server_round]["distill-loss"])
+        assert nmd[server_round]["num-teachers"] == server_round
+    assert nmd[2]["distill-loss"] != kl[2]["distill-loss"]
+
+
+def test_nmd_memory_keeps_teacher_weights_through_a_checkpoint(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    """With NMD the memory holds each edge's model weights, and a checkpoint carries them.
+
+    Prepare: a CPM strategy with cd-distill-loss "nmd" whose memory holds one edge (stored
+    directly through TeacherMemory.remember with a resnet8 teacher).
+    Execute: checkpoint_state, then restore_checkpoint into a fresh strategy.
+    Assert: the restored memory's model weights equal the teacher's, tensor for tensor.
+    """
+    overrides = {"model": "resnet8", "cd-variant": "CPM", "cd-distill-loss": "nmd"}
+    strategy = _strategy(tiny_npz, tmp_path, **overrides, **{"cd-manifold-dim": 4})
+    teacher = build_experiment_model(strategy.config, seed=7).eval()
+    outputs = TeacherOutputs(
+        torch.zeros(1, len(strategy.test), 4), torch.zeros(1, len(strategy.core), 4)
+    )
+    strategy.teachers.remember(1, 0, outputs, 1.0, 0, models=[teacher])
+    state = strategy.checkpoint_state()
+    restored = _strategy(tiny_npz, tmp_path, **overrides, **{"cd-manifold-dim": 4})
+    restored.restore_checkpoint(state, 1)
+    states, weights = restored.teachers.feature_states()
+    assert weights == [1.0]
+    assert _states_equal(states[0], teacher.state_dict())
