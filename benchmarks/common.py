@@ -14,9 +14,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,3 +353,38 @@ def run_timed(
     wall = time.monotonic() - started
     memory = sampler.stop() if sampler is not None else {}
     return TimedRun(process.returncode, wall, lines, memory)
+
+
+def launch_simulation(
+    run_config: Callable[[Path], str],
+    num_supernodes: int,
+    *,
+    timeout: float,
+    launcher_timeout: float | None = None,
+) -> tuple[TimedRun, list[dict[str, Any]]]:
+    """One ``python -m edgekd.launch`` simulation with ``num_supernodes`` SuperNodes (1 CPU
+    each, 1 torch thread), its process tree's memory sampled; the run and its metrics rows.
+
+    ``run_config(out_dir)`` builds the ``--run-config`` string for a temporary output folder;
+    ``launcher_timeout`` is passed as the launcher's own ``--timeout`` (it then stops its
+    SuperLink and Ray itself); ``timeout`` bounds the whole subprocess. The rows are those of
+    the run's ``metrics.json`` (empty when it wrote none).
+    """
+    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+        out = Path(tmp)
+        command = [
+            PYTHON,
+            "-m",
+            "edgekd.launch",
+            str(ROOT),
+            "--run-config",
+            run_config(out),
+            "--federation-config",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
+        ]
+        if launcher_timeout is not None:
+            command += ["--timeout", str(launcher_timeout)]
+        run = run_timed(command, env=bench_env(1), sample_memory=True, timeout=timeout)
+        files = sorted(out.glob("*/metrics.json"))
+        rows = json.loads(files[-1].read_text()) if files else []
+    return run, rows

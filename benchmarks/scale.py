@@ -33,18 +33,14 @@ import itertools
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from common import (
     HERE,
-    PYTHON,
-    ROOT,
-    bench_env,
+    launch_simulation,
     machine,
-    run_timed,
     stop_on_sigterm,
     summary,
     today,
@@ -104,23 +100,11 @@ def partition_seconds(labels: Any, num_edges: int, calls: int = 3) -> tuple[floa
 
 def one_run(num_edges: int, rounds: int, data: str) -> dict[str, Any]:
     """One simulation with ``num_edges`` SuperNodes; timings and memory."""
-    with tempfile.TemporaryDirectory(prefix="edgekd-scale-") as tmp:
-        out = Path(tmp)
-        command = [
-            PYTHON,
-            "-m",
-            "edgekd.launch",
-            str(ROOT),
-            "--run-config",
-            overrides(num_edges, rounds, out, data),
-            "--federation-config",
-            f"num-supernodes={num_edges} client-resources-num-cpus=1",
-        ]
-        run = run_timed(command, env=bench_env(1), sample_memory=True, timeout=1200)
-        files = sorted(out.glob("*/metrics.json"))
-        if run.returncode != 0 or not files:
-            raise RuntimeError(f"{num_edges} edges: run failed ({run.returncode}):\n{run.text()}")
-        rows = json.loads(files[-1].read_text())
+    run, rows = launch_simulation(
+        lambda out: overrides(num_edges, rounds, out, data), num_edges, timeout=1200
+    )
+    if run.returncode != 0 or not rows:
+        raise RuntimeError(f"{num_edges} edges: run failed ({run.returncode}):\n{run.text()}")
     # row 0 is Phase 0 and the initial evaluation; row 1 is round 1 (with the mapping)
     elapsed = [float(row["elapsed-s"]) for row in rows]
     round_s = [b - a for a, b in itertools.pairwise(elapsed)]

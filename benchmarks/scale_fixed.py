@@ -28,17 +28,14 @@ import itertools
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from common import (
     HERE,
-    PYTHON,
     ROOT,
-    bench_env,
+    launch_simulation,
     machine,
-    run_timed,
     stop_on_sigterm,
     today,
     write_json,
@@ -95,23 +92,12 @@ def _first_round_s(lines: list[tuple[float, str]]) -> float | None:
 
 def one_run(strategy: str, edges: int, args: argparse.Namespace) -> dict[str, Any]:
     """One launcher run; its timings and memory (or what was measured before it failed)."""
-    with tempfile.TemporaryDirectory(prefix="edgekd-scale-fixed-") as tmp:
-        out = Path(tmp)
-        command = [
-            PYTHON,
-            "-m",
-            "edgekd.launch",
-            str(ROOT),
-            "--run-config",
-            overrides(strategy, edges, args, out),
-            "--federation-config",
-            f"num-supernodes={edges} client-resources-num-cpus=1",
-            "--timeout",  # the launcher gives up and stops its SuperLink and Ray itself
-            str(args.timeout),
-        ]
-        run = run_timed(command, env=bench_env(1), sample_memory=True, timeout=args.timeout + 180)
-        files = sorted(out.glob("*/metrics.json"))
-        rows = json.loads(files[-1].read_text()) if files else []
+    run, rows = launch_simulation(
+        lambda out: overrides(strategy, edges, args, out),
+        edges,
+        timeout=args.timeout + 180,
+        launcher_timeout=args.timeout,  # the launcher stops its SuperLink and Ray itself
+    )
     record: dict[str, Any] = {
         "strategy": strategy,
         "edges": edges,
