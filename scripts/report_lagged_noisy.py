@@ -104,7 +104,9 @@ def noisy_section(noisy: dict[str, Any], calibration: dict[str, Any]) -> list[st
         "train on corrupted data. The detector scores a returned edge by its models' accuracy "
         "on the core data and calls it suspect below *threshold* × the median score of the "
         "edges accepted so far. *No detection* only flags; *detection* rejects suspect edges "
-        "(the core is not touched). *Clean* = the table's CPM.",
+        "(the core is not touched: the round's Phase 2 is skipped); *exclude* leaves only the "
+        "suspect edge's teachers out and still runs the round's Phase 2 on the memory. *Clean* "
+        "= the table's CPM.",
         "",
         f"**Calibration** (`calibration.json`, seeds {calibration['calibration_seeds']}, never "
         f"the reporting seeds). Rule: {calibration['rule']}. Clean CPM on the sweep seed: "
@@ -126,7 +128,9 @@ def noisy_section(noisy: dict[str, Any], calibration: dict[str, Any]) -> list[st
         "| case | final acc (mean) | per seed | lowest accuracy on the way (mean) |",
         "| --- | --- | --- | --- |",
     ]
-    for case in ("clean", "no_detection", "detection", "control"):
+    for case in ("clean", "no_detection", "detection", "exclude", "control"):
+        if case not in noisy:
+            continue
         entry = noisy[case]
         values = entry["per_seed"]
         lines.append(
@@ -172,7 +176,9 @@ def plot(summary: dict[str, Any], out: Path) -> None:
         plt.close(fig)
     if "noisy" in summary:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for case in ("clean", "no_detection", "detection", "control"):
+        for case in ("clean", "no_detection", "detection", "exclude", "control"):
+            if case not in summary["noisy"]:
+                continue
             curve = summary["noisy"][case]["curve_mean"]
             ax.plot(range(len(curve)), curve, marker=".", label=case)
         for noisy_round in (4, 7):

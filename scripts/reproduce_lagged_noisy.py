@@ -47,7 +47,11 @@ LN = ROOT / "simulations" / "lagged-noisy"
 TABLE = ROOT / "results" / "cloned_distillation" / "compact"
 LAG = {"late-used": "lag-late-used", "late-used-polynomial": "lag-late-used-polynomial"}
 LAG_CHECKS = {"normal": "lag-normal", "late-omitted": "lag-late-omitted"}
-NOISY = {"no-detection": "noisy-no-detection", "detection": "noisy-detection"}
+NOISY = {
+    "no-detection": "noisy-no-detection",
+    "detection": "noisy-detection",
+    "exclude": "noisy-exclude",
+}
 TEACHER_KEYS = (
     "edge",
     "dispatch-round",
@@ -198,11 +202,20 @@ def noisy_summary(
         "detection": [runs[("noisy-detection", s)] for s in seeds],
         "control": [table_run("control", s) for s in seeds],
     }
+    if all(("noisy-exclude", s) in runs for s in seeds):
+        groups["exclude"] = [runs[("noisy-exclude", s)] for s in seeds]
     finals = {case: [run["test_acc"][-1] for run in group] for case, group in groups.items()}
     profile = tomllib.loads((LN / "noisy-no-detection.toml").read_text())
     noisy_edges = {int(e) for e in str(profile["sim-noisy-edges"]).split(",")}
     pairs = [("clean", "no_detection"), ("detection", "no_detection"), ("clean", "detection")]
     pairs += [(c, "control") for c in ("clean", "no_detection", "detection")]
+    if "exclude" in groups:
+        pairs += [
+            ("exclude", "no_detection"),
+            ("exclude", "detection"),
+            ("clean", "exclude"),
+            ("exclude", "control"),
+        ]
     summary: dict[str, Any] = {
         case: final_stats(finals[case], seeds)
         | {
@@ -224,6 +237,11 @@ def noisy_summary(
         "paired": {f"{a}-{b}": paired(finals[a], finals[b]) for a, b in pairs},
         "damage": paired(finals["clean"], finals["no_detection"]),
         "recovery": paired(finals["detection"], finals["no_detection"]),
+        **(
+            {"recovery_exclude": paired(finals["exclude"], finals["no_detection"])}
+            if "exclude" in finals
+            else {}
+        ),
         "corruption": calibration["chosen"],
         "threshold": calibration["threshold"]["chosen"],
         "calibration_seeds": calibration["calibration_seeds"],

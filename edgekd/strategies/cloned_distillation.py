@@ -324,7 +324,7 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
             metrics["edge-node"] = str(replies[0].metadata.src_node_id)
             metrics.update(self._use_reply(server_round, edge or 0, replies[0]))
         self.report(server_round, metrics)
-        if metrics["edge-status"] not in {"ok", "control"}:
+        if metrics["edge-status"] not in {"ok", "control", "excluded: suspect"}:
             return None, None
         return self._state(self.model), scalar_metrics(metrics)
 
@@ -435,6 +435,9 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
             metrics.update(self.teachers.screen(server_round, edge, self.model, teachers))
             if metrics.get("edge-status") == "rejected: suspect":
                 return metrics
+            if metrics.pop("exclude", False):
+                metrics.update(self._distil_without(server_round, edge, outputs))
+                return metrics
             weight *= metrics.pop("weight-factor", 1.0)
             metrics["teacher-weight"] = weight
         teacher_accs = self.teachers.remember(
@@ -446,6 +449,21 @@ class ClonedDistillation(CentralEvaluation, RoundReports, Strategy):
             models=teachers if self.cd.distill_loss == "nmd" else (),
         )
         metrics.update(self._distil(server_round, edge, outputs.test_logits, teacher_accs))
+        return metrics
+
+    def _distil_without(
+        self, server_round: int, edge: int, outputs: TeacherOutputs
+    ) -> dict[str, Any]:
+        """Policy "exclude": Phase 2 on the memory without this (suspect) edge's teachers,
+        cross-entropy only when the memory is empty; its teachers' accuracies are recorded."""
+        teacher_accs = self.teachers.test_accuracies(outputs)
+        if self.memory:
+            metrics = self._distil(server_round, edge, outputs.test_logits, teacher_accs)
+        else:
+            metrics = self._control_round(server_round)
+            metrics["teacher-accs"] = teacher_accs
+            metrics["teacher-acc-mean"] = sum(teacher_accs) / len(teacher_accs)
+        metrics["edge-status"] = "excluded: suspect"
         return metrics
 
     def _distil(

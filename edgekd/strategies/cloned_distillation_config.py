@@ -36,7 +36,7 @@ __all__ = [
 
 EDGE_INITS = ("clone", "independent", "scratch")
 EDGE_ORDERS = ("round-robin", "permutation")
-DETECT_POLICIES = ("off", "flag", "downweight", "reject")
+DETECT_POLICIES = ("off", "flag", "downweight", "reject", "exclude")
 ENSEMBLE_MODES = ("members", "average")
 DISTILL_LOSSES = ("kl", "nmd")
 CONTROL = "control"
@@ -126,7 +126,9 @@ class ClonedDistillationConfig:
         server's core data is below ``detect_threshold`` times the reference (the median of
         previously accepted edges' scores; before any, the core model's own score). "flag"
         records it and distils anyway, "downweight" multiplies its teachers' weights by
-        ``detect_downweight``, "reject" leaves it out (the core is not touched).
+        ``detect_downweight``, "reject" leaves it out and skips the round's Phase 2 (the core
+        is not touched), "exclude" leaves only its teachers out: Phase 2 still runs, on the
+        memory without them (cross-entropy only when the memory is empty).
     detect_threshold, detect_downweight : float
         See ``detect_policy``.
     distill_loss : {"kl", "nmd"}

@@ -141,6 +141,8 @@ class TeacherMemory:
         )
         if self.cd.detect_policy == "reject":
             found["edge-status"] = "rejected: suspect"
+        elif self.cd.detect_policy == "exclude":
+            found["exclude"] = True
         elif self.cd.detect_policy == "downweight":
             found["weight-factor"] = self.cd.detect_downweight
         return found
@@ -156,10 +158,7 @@ class TeacherMemory:
     ) -> list[float]:
         """Remember: store the edge's pool logits (their mean in "average" mode) and the
         ``models``' weights, if given; return its teachers' test accuracies."""
-        test_y = self.test.y
-        teacher_accs = [
-            float((lg.argmax(1) == test_y).float().mean()) for lg in outputs.test_logits
-        ]
+        teacher_accs = self.test_accuracies(outputs)
         logits = outputs.pool_logits
         if self.cd.ensemble_mode == "average":
             logits = logits.mean(0, keepdim=True)
@@ -175,6 +174,10 @@ class TeacherMemory:
             )
         )
         return teacher_accs
+
+    def test_accuracies(self, outputs: TeacherOutputs) -> list[float]:
+        """Each teacher's test accuracy."""
+        return [float((lg.argmax(1) == self.test.y).float().mean()) for lg in outputs.test_logits]
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every remembered teacher's pool logits, and each teacher's weight."""

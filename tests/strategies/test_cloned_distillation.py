@@ -808,3 +808,50 @@ def test_nmd_memory_keeps_teacher_weights_through_a_checkpoint(
     states, weights = restored.teachers.feature_states()
     assert weights == [1.0]
     assert _states_equal(states[0], teacher.state_dict())
+
+
+# ----------------------------------------------------------------------------- detect policies
+def test_detect_policies_reject_and_exclude_when_every_edge_is_suspect(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    """ "reject" skips a suspect edge's whole Phase 2; "exclude" leaves only its teachers out.
+
+    Prepare: 2-round CPM runs with cd-detect-threshold 100, so that every edge is suspect
+    (score < 100 x reference), with policy "reject", "exclude", and the no-teacher control.
+    Execute: run_experiment over real messages for each.
+    Assert: "reject" never changes the core (every round's test accuracy and loss are Phase 0's);
+    "exclude" trains the edges, records status "excluded: suspect", suspect 1 and the suspect
+    teachers' accuracies, and - its memory staying empty - runs the cross-entropy-only Phase
+    2, so its rounds equal the control's digit for digit.
+    """
+    common = {"cd-variant": "CPM", "num-server-rounds": 2, "cd-detect-threshold": 100.0}
+    rows = {}
+    for policy in ("reject", "exclude"):
+        run_config = _run_config(tiny_npz, tmp_path, **common, **{"cd-detect-policy": policy})
+        grid = InProcessGrid(real_client_app, run_config, num_nodes=3)
+        run_experiment(grid, run_config, tmp_path / policy)
+        assert len(_train_messages(grid)) == 2
+        rows[policy] = _rows(tmp_path / policy)
+    control_config = _run_config(
+        tiny_npz, tmp_path, **{"cd-variant": "control", "num-server-rounds": 2}
+    )
+    run_experiment(
+        InProcessGrid(real_client_app, control_config, num_nodes=3),
+        control_config,
+        tmp_path / "control",
+    )
+    control = _rows(tmp_path / "control")
+
+    reject, exclude = rows["reject"], rows["exclude"]
+    for server_round in (1, 2):
+        assert reject[server_round]["edge-status"] == "rejected: suspect"
+        assert reject[server_round]["test-acc"] == reject[0]["test-acc"]
+        assert reject[server_round]["test-loss"] == reject[0]["test-loss"]
+        row = exclude[server_round]
+        assert row["edge-status"] == "excluded: suspect"
+        assert row["suspect"] == 1
+        assert len(row["teacher-accs"]) == 1
+        assert row["num-teachers"] == 0
+        assert row["test-acc"] == control[server_round]["test-acc"]
+        assert row["test-loss"] == control[server_round]["test-loss"]
+    assert exclude[2]["test-loss"] != exclude[0]["test-loss"]
