@@ -11,7 +11,9 @@
   cloud-edge paper's Eq. 3), its parts :func:`manifold_distance` and :func:`soft_target_loss`
   (ST, Hinton et al.);
 * :mod:`~edgekd.losses.feature_kd`: the feature baselines :func:`attention_transfer_loss` (AT,
-  Zagoruyko and Komodakis 2017) and :func:`fsp_loss` (FSP/Gram, Yim et al. 2017).
+  Zagoruyko and Komodakis 2017) and :func:`fsp_loss` (FSP/Gram, Yim et al. 2017);
+* :mod:`~edgekd.losses.ktg`: :class:`GateMatrix` and :func:`graph_losses` (knowledge transfer
+  graph, Minami et al. 2020): each node's sum of gated CE and KL edges.
 
 All KL terms use ``reduction="batchmean"`` (sum over classes, mean over the batch) and are
 multiplied by ``t**2`` so that gradient magnitudes do not depend on the temperature.
@@ -29,13 +31,18 @@ from edgekd.losses.feature_kd import attention_transfer_loss, fsp_loss
 from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
 from edgekd.losses.fedprox import prox_term
 from edgekd.losses.kd import kd_kl_loss
+from edgekd.losses.ktg import Gate, GateMatrix, GateMatrixError, graph_losses
 
 __all__ = [
+    "Gate",
+    "GateMatrix",
+    "GateMatrixError",
     "attention_transfer_loss",
     "cloned_distillation_loss",
     "consensus_logits",
     "fedmd_digest_loss",
     "fsp_loss",
+    "graph_losses",
     "kd_kl_loss",
     "latent_distillation_loss",
     "manifold_distance",

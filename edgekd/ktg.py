@@ -1,0 +1,178 @@
+"""Central training of a knowledge transfer graph: every node on the same batch, in step.
+
+Minami, Hirakawa, Yamashita and Fujiyoshi, "Knowledge Transfer Graph for Deep Collaborative
+Learning" (ACCV 2020); official code https://github.com/somaminami/DCL (``lib/trainer.py``).
+The graph, its gates and the loss of every node live in :mod:`edgekd.losses.ktg`, which a
+federated strategy can share; this module only loops over batches.
+
+Per batch (the paper's Algorithm 1): every node sees the same images, each node's loss is
+:func:`~edgekd.losses.ktg.graph_losses` (sources detached, so a node's gradient comes only
+from its own loss), and all learning nodes step together, one SGD optimizer each. Fixed nodes
+(all incoming edges Cutoff) are put in eval mode, run without gradient and never stepped: load
+their pretrained weights before calling :func:`train_graph`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from edgekd.datasets import BatchLoader
+from edgekd.losses.ktg import GateMatrix, graph_losses
+from edgekd.progress import Stage, stage
+from edgekd.training import EpochStats, evaluate, make_lr_scheduler, make_optimizer
+
+__all__ = ["GateMatrix", "GraphEpoch", "train_graph"]
+
+
+@dataclass(frozen=True)
+class GraphEpoch:
+    """One epoch of graph training, one value per node (in node order).
+
+    Attributes
+    ----------
+    train_loss : tuple[float, ...]
+        Mean over the epoch's batches (weighted by batch size) of each node's graph loss;
+        0 for fixed nodes.
+    train_accuracy : tuple[float, ...]
+        Accuracy of each node's training-batch predictions during the epoch.
+    val_accuracy : tuple[float, ...] or None
+        Accuracy of each node on the validation set after the epoch (eval mode), ``None``
+        without a validation set.
+    """
+
+    train_loss: tuple[float, ...]
+    train_accuracy: tuple[float, ...]
+    val_accuracy: tuple[float, ...] | None
+
+
+def _check_inputs(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    gates: GateMatrix,
+    epochs: int,
+    x_val: Tensor | None,
+    y_val: Tensor | None,
+) -> None:
+    if len(models) != gates.num_nodes:
+        raise ValueError(
+            f"got {len(models)} models for gate matrix {str(gates)!r} of {gates.num_nodes} nodes"
+        )
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if len(x) == 0:
+        raise ValueError("cannot train on an empty dataset (0 examples)")
+    if (x_val is None) != (y_val is None):
+        raise ValueError("x_val and y_val must be given together")
+
+
+def train_graph(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    gates: GateMatrix,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    temperature: float = 1.0,
+    seed: int = 0,
+    augment: bool = False,
+    lr_schedule: str = "constant",
+    x_val: Tensor | None = None,
+    y_val: Tensor | None = None,
+    progress: str = "graph training",
+) -> list[GraphEpoch]:
+    """Train the learning nodes of ``gates`` together, in place; one :class:`GraphEpoch` each.
+
+    Parameters
+    ----------
+    models : Sequence[nn.Module]
+        One model per node, in node order, all giving logits ``(B, C)`` of the same classes.
+        Fixed nodes (:attr:`GateMatrix.fixed_nodes`) must already hold their trained weights.
+    x, y : Tensor
+        Training inputs ``(N, ...)`` and int64 labels ``(N,)``.
+    gates : GateMatrix
+        The graph (row = target, column = source).
+    epochs, batch_size : int
+        ``epochs == 0`` trains nothing (empty history). The Linear gate's ``k`` counts steps from 1
+        to ``k_end = epochs * batches per epoch`` (official code: weight 1 at the last step).
+    lr, momentum, weight_decay : float
+        SGD of :func:`edgekd.training.make_optimizer`, one optimizer per learning node.
+    temperature : float
+        Softmax temperature of the KL edges, by default 1 (official code).
+    seed : int
+        Seeds the batch order and the augmentation; with models built under the same seed,
+        two calls give identical results.
+    augment : bool
+        Random crop and flip of :class:`edgekd.datasets.BatchLoader`, by default False.
+    lr_schedule : {"constant", "cosine"}
+        Per-step schedule of :func:`edgekd.training.make_lr_scheduler`.
+    x_val, y_val : Tensor, optional
+        A validation set: each node's accuracy on it is recorded after every epoch.
+    progress : str
+        Name of the :func:`edgekd.progress.stage` that reports the batches.
+    """
+    _check_inputs(models, x, gates, epochs, x_val, y_val)
+    fixed = set(gates.fixed_nodes)
+    learners = [i for i in range(gates.num_nodes) if i not in fixed]
+    loader = BatchLoader(x, y, batch_size, shuffle=True, seed=seed, augment=augment)
+    total = max(1, epochs * len(loader))
+    optimizers = {i: make_optimizer(models[i], lr, momentum, weight_decay) for i in learners}
+    schedulers = {i: make_lr_scheduler(o, lr_schedule, total) for i, o in optimizers.items()}
+    history = []
+    with stage(progress, total=epochs * len(loader), unit="batches") as bar:
+        for epoch in range(epochs):
+            done = epoch * len(loader)
+            stats = _train_epoch(
+                models, loader, gates, optimizers, schedulers, done, total, bar, temperature
+            )
+            val = None
+            if x_val is not None and y_val is not None:
+                val = tuple(evaluate(m, x_val, y_val).accuracy for m in models)
+            history.append(
+                GraphEpoch(
+                    tuple(s.loss_sum / max(s.seen, 1) for s in stats),
+                    tuple(s.correct / max(s.seen, 1) for s in stats),
+                    val,
+                )
+            )
+    return history
+
+
+def _train_epoch(
+    models: Sequence[nn.Module],
+    loader: BatchLoader,
+    gates: GateMatrix,
+    optimizers: dict[int, torch.optim.Optimizer],
+    schedulers: dict[int, torch.optim.lr_scheduler.LRScheduler],
+    done: int,
+    total: int,
+    bar: Stage,
+    temperature: float,
+) -> list[EpochStats]:
+    """One pass over ``loader``; ``done`` of the ``total`` optimizer steps came before it."""
+    stats = [EpochStats() for _ in models]
+    for i, model in enumerate(models):
+        model.train(i in optimizers)
+    for step, (xb, yb) in enumerate(loader, start=done + 1):
+        logits = []
+        for i, model in enumerate(models):
+            with torch.set_grad_enabled(i in optimizers):
+                logits.append(model(xb))
+        losses = graph_losses(logits, yb, gates, step, total, temperature)
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        torch.stack([losses[i] for i in optimizers]).sum().backward()
+        for i, optimizer in optimizers.items():
+            optimizer.step()
+            schedulers[i].step()
+        for i, stat in enumerate(stats):
+            stat.add(losses[i], logits[i], yb)
+        bar.advance()
+    return stats
