@@ -13,7 +13,9 @@ sittings: finished runs are skipped.
 ``summary.json``: ``seeds``; per loss the student's test accuracy and ECE at the selected
 (lowest validation ECE near the best validation accuracy) and the last checkpoint and the
 seconds per distillation epoch; ``paired`` differences of selected test accuracy over seeds
-(``"NMD-ST"`` = NMD-linear minus ST; 95 % t-interval; verdict on "A beats B");
+(``"NMD-ST"`` = NMD-linear minus ST; 95 % t-interval; verdict on "A beats B"; plus
+``"teacher-CE"``, the teacher's lead over the label-trained student, which bounds what any
+distillation loss can add);
 ``seconds_per_epoch_ratio_nmd_st`` (Table 2's 88 s / 72 s = 1.22); ``sigma_sweep``, the
 offloading figures of NMD-linear averaged over seeds (``offload_rate`` is the fraction sent
 to the cloud, i.e. 1 minus Eq. 35's "recall rate"; ``recovered`` the share of the
@@ -164,6 +166,9 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
         ka, kb = ALIASES.get(a, a), ALIASES.get(b, b)
         if ka in acc and kb in acc:
             pairs[f"{a}-{b}"] = paired(acc[ka], acc[kb])
+    if "CE" in done:  # what a teacher can add at all: its lead over a label-trained student
+        teacher = [run["teacher_acc"] for run in done["CE"]]
+        pairs["teacher-CE"] = paired(teacher, acc["CE"])
     sweep = with_recovery(_mean_sweep(done["NMD-linear"])) if "NMD-linear" in done else None
     ratio = None
     if "NMD-linear" in done and "ST" in done:
@@ -187,7 +192,8 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
             "engine": "python -m edgekd.local (in-process, real Flower messages)",
             "accuracy": "student test accuracy of the selected checkpoint, as a fraction",
             "paired": "A-B = A minus B per seed (same seed, same teacher); 95 % t-interval; "
-            "verdict on the claim A > B; NMD = NMD-linear",
+            "verdict on the claim A > B; NMD = NMD-linear; teacher-CE = the teacher's test "
+            "accuracy minus the CE student's",
             "offload_rate": "fraction of the edges' samples sent to the cloud "
             "(1 - Eq. 35's recall rate)",
         },
