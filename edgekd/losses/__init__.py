@@ -11,7 +11,9 @@
   cloud-edge paper's Eq. 3), its parts :func:`manifold_distance` and :func:`soft_target_loss`
   (ST, Hinton et al.);
 * :mod:`~edgekd.losses.feature_kd`: the feature baselines :func:`attention_transfer_loss` (AT,
-  Zagoruyko and Komodakis 2017) and :func:`fsp_loss` (FSP/Gram, Yim et al. 2017).
+  Zagoruyko and Komodakis 2017) and :func:`fsp_loss` (FSP/Gram, Yim et al. 2017);
+* :mod:`~edgekd.losses.layerwise_kt`: :func:`layerwise_kt_loss`, selective layer-wise knowledge
+  transfer to a pruned student (Zhao, Chen and Zhao 2022).
 
 All KL terms use ``reduction="batchmean"`` (sum over classes, mean over the batch) and are
 multiplied by ``t**2`` so that gradient magnitudes do not depend on the temperature.
@@ -29,6 +31,7 @@ from edgekd.losses.feature_kd import attention_transfer_loss, fsp_loss
 from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_distillation_loss
 from edgekd.losses.fedprox import prox_term
 from edgekd.losses.kd import kd_kl_loss
+from edgekd.losses.layerwise_kt import layerwise_kt_loss
 
 __all__ = [
     "attention_transfer_loss",
@@ -38,6 +41,7 @@ __all__ = [
     "fsp_loss",
     "kd_kl_loss",
     "latent_distillation_loss",
+    "layerwise_kt_loss",
     "manifold_distance",
     "manifold_term",
     "nmd_loss",
