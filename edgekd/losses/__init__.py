@@ -14,6 +14,8 @@
   Zagoruyko and Komodakis 2017) and :func:`fsp_loss` (FSP/Gram, Yim et al. 2017);
 * :mod:`~edgekd.losses.ktg`: :class:`GateMatrix` and :func:`graph_losses` (knowledge transfer
   graph, Minami et al. 2020): each node's sum of gated CE and KL edges.
+* :mod:`~edgekd.losses.layerwise_kt`: :func:`layerwise_kt_loss`, selective layer-wise knowledge
+  transfer to a pruned student (Zhao, Chen and Zhao 2022).
 
 All KL terms use ``reduction="batchmean"`` (sum over classes, mean over the batch) and are
 multiplied by ``t**2`` so that gradient magnitudes do not depend on the temperature.
@@ -32,6 +34,7 @@ from edgekd.losses.fedmd import consensus_logits, fedmd_digest_loss, latent_dist
 from edgekd.losses.fedprox import prox_term
 from edgekd.losses.kd import kd_kl_loss
 from edgekd.losses.ktg import Gate, GateMatrix, GateMatrixError, graph_losses
+from edgekd.losses.layerwise_kt import layerwise_kt_loss
 
 __all__ = [
     "Gate",
@@ -45,6 +48,7 @@ __all__ = [
     "graph_losses",
     "kd_kl_loss",
     "latent_distillation_loss",
+    "layerwise_kt_loss",
     "manifold_distance",
     "manifold_term",
     "nmd_loss",

@@ -5,11 +5,13 @@ All models are :class:`EdgeKDModel` instances (``features`` + linear ``classifie
 Registered names: ``cnn``, ``mobilenetv2``, ``resnet8``, ``resnet20``, ``resnet32``,
 ``resnet56``, ``resnet110``, ``vgg8``, ``vgg11``, ``wrn16_1`` and ``wrn16_2``. The per-name
 builder functions live in the architecture modules (e.g. :func:`edgekd.models.resnet.resnet20`).
+:class:`PrunedResNet` (not registered) builds a CIFAR ResNet of any per-convolution widths.
 """
 
 from edgekd.models.base import EdgeKDModel, SafeMaxPool2d, init_weights
 from edgekd.models.cnn import SmallCNN
 from edgekd.models.mobilenet import InvertedResidual, MobileNetV2
+from edgekd.models.pruned_resnet import PrunedResNet, ResNetSpec
 from edgekd.models.registry import (
     ModelBuilder,
     build_model,
@@ -28,6 +30,8 @@ __all__ = [
     "InvertedResidual",
     "MobileNetV2",
     "ModelBuilder",
+    "PrunedResNet",
+    "ResNetSpec",
     "SafeMaxPool2d",
     "SmallCNN",
     "VGGNet",
