@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgekd.models.base import EdgeKDModel, check_positive_int, init_weights
+from edgekd.models.resnet import ChannelPadShortcut
 
 __all__ = [
     "ChannelPadShortcut",
@@ -167,25 +168,6 @@ def resnet_spec(depth: int, *, widths: Sequence[int] = (16, 32, 64), stem: int =
     n = (depth - 2) // 6
     groups = tuple(((w, w),) * n for w in widths)
     return ResNetSpec(stem, groups, tuple(1 if g == 0 else 2 for g in range(len(groups))))
-
-
-class ChannelPadShortcut(nn.Module):
-    """Option-A shortcut: stride subsampling, then zero channels split before and after."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        if planes < in_planes:
-            raise ValueError(f"cannot pad {in_planes} channels to fewer ({planes})")
-        self.stride = stride
-        extra = planes - in_planes
-        self.pad_front = extra // 2
-        self.pad_back = extra - extra // 2
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Subsample ``x`` by the stride and zero-pad its channels to ``planes``."""
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
 
 
 class PrunedBlock(nn.Module):

@@ -29,17 +29,21 @@ __all__ = [
 ]
 
 
-class _PadShortcut(nn.Module):
-    """Parameter-free option-A shortcut: spatial subsampling plus zero channel padding."""
+class ChannelPadShortcut(nn.Module):
+    """Parameter-free option-A shortcut: stride subsampling, then zero channels split before
+    and after (``planes >= in_planes``)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
+        if planes < in_planes:
+            raise ValueError(f"cannot pad {in_planes} channels to fewer ({planes})")
         self.stride = stride
         extra = planes - in_planes
         self.pad_front = extra // 2
         self.pad_back = extra - extra // 2
 
     def forward(self, x: Tensor) -> Tensor:
+        """Subsample ``x`` by the stride and zero-pad its channels to ``planes``."""
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
@@ -65,7 +69,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = (
-            _PadShortcut(in_planes, planes, stride)
+            ChannelPadShortcut(in_planes, planes, stride)
             if stride != 1 or in_planes != planes
             else nn.Identity()
         )
