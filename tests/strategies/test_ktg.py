@@ -33,6 +33,7 @@ from edgekd.strategies import fedmd, ktg
 from edgekd.strategies.common import FederationError
 from edgekd.strategies.fedmd import FedMDConfig
 from edgekd.strategies.ktg import KTG, KTGConfig, graph_targets
+from edgekd.strategies.ktg_targets import self_weight, teachers
 from edgekd.training import evaluate, train_supervised
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +83,21 @@ def test_config_defaults_match_pyproject() -> None:
     fields = {"ktg-" + name.replace("_", "-") for name in KTGConfig.__dataclass_fields__}
     assert fields == {key for key in app_config if key.startswith("ktg-")}
     assert KTGConfig().matrix(app_config["num-partitions"]).num_nodes == 4
+
+
+def test_shipped_profiles_parse() -> None:
+    """base.toml plus each graph file of simulations/ktg gives a valid 3-node configuration;
+    independent.toml cuts every edge between nodes."""
+    from edgekd.launch import effective_run_config
+
+    folder = ROOT / "simulations" / "ktg"
+    graphs = {}
+    for variant in sorted(folder.glob("*.toml")):
+        merged = effective_run_config(ROOT, [str(folder / "base.toml"), str(variant)])
+        cfg = ExperimentConfig.from_run_config(merged)
+        graphs[variant.stem] = KTGConfig.from_run_config(merged).matrix(cfg.num_partitions)
+    assert {"base", "independent", "dml", "dcl"} <= set(graphs)
+    assert teachers(graphs["independent"]) == ()
 
 
 @pytest.mark.parametrize(
@@ -174,8 +190,8 @@ def test_graph_targets_by_hand() -> None:
     partial = graph_targets({0: z[0], 2: z[2]}, labels, gates, server_round=1, num_rounds=4)
     assert partial[0].sources == () and partial[0].logits.shape == (0, 3, 2)
     assert partial[1].sources == (0, 2)
-    assert ktg.self_weight(gates, 1, 1, 4) == 1.0 and ktg.self_weight(gates, 2, 1, 4) == 0.0
-    assert ktg.self_weight(GateMatrix.parse("L,T;T,T"), 0, 1, 4) == 0.25
+    assert self_weight(gates, 1, 1, 4) == 1.0 and self_weight(gates, 2, 1, 4) == 0.0
+    assert self_weight(GateMatrix.parse("L,T;T,T"), 0, 1, 4) == 0.25
 
 
 def test_mean_logits_graph_is_fedmds_consensus_of_the_others(
