@@ -330,6 +330,7 @@ class KTG(RoundReports, Strategy):
         evaluate_fn = options.get("evaluate_fn")
         started = time.monotonic()
         log(INFO, "ktg: %s rounds, gates %s, models %s", num_rounds, self.gates, self.ktg.models)
+        self.summary()
         self.nodes.map(grid, timeout)
         self.check_clients()
         result = Result()
@@ -377,7 +378,15 @@ class KTG(RoundReports, Strategy):
 
     def summary(self) -> None:
         """Log the configuration."""
-        log(INFO, "\t└── KTG gates %s, aggregate %s", self.gates, self.ktg.aggregate)
+        log(
+            INFO,
+            "\t└── aggregate %s, T=%s, public %s (%s a round of %s)",
+            self.ktg.aggregate,
+            self.ktg.temperature,
+            self.ktg.public_source,
+            self.ktg.public_size,
+            self.pool_size,
+        )
 
 
 @register_strategy("ktg", sections={"ktg-": KTGConfig})
