@@ -10,22 +10,33 @@ Per batch (the paper's Algorithm 1): every node sees the same images, each node'
 from its own loss), and all learning nodes step together, one SGD optimizer each. Fixed nodes
 (all incoming edges Cutoff) are put in eval mode, run without gradient and never stepped: load
 their pretrained weights before calling :func:`train_graph`.
+
+:func:`train_node` is one node's side of the *federated* graph (:mod:`edgekd.protocol.ktg`):
+its self edge on its private data and its incoming edges as fixed targets on a public batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgekd.datasets import BatchLoader
-from edgekd.losses.ktg import GateMatrix, graph_losses
+from edgekd.losses.ktg import GateMatrix, gated_kl_loss, graph_losses
 from edgekd.progress import Stage, stage
-from edgekd.training import EpochStats, evaluate, make_lr_scheduler, make_optimizer
+from edgekd.training import (
+    EpochStats,
+    evaluate,
+    make_lr_scheduler,
+    make_optimizer,
+    optimizer_step,
+)
 
-__all__ = ["GateMatrix", "GraphEpoch", "train_graph"]
+__all__ = ["EdgeTargets", "GateMatrix", "GraphEpoch", "NodeRound", "train_graph", "train_node"]
 
 
 @dataclass(frozen=True)
@@ -176,3 +187,179 @@ def _train_epoch(
             stat.add(losses[i], logits[i], yb)
         bar.advance()
     return stats
+
+
+@dataclass(frozen=True)
+class EdgeTargets:
+    """A node's incoming edges in a federated round: fixed source logits on public images.
+
+    Attributes
+    ----------
+    x : Tensor
+        The public images ``(N, ...)``, normalised like the private data.
+    logits : Tensor
+        ``(K, N, C)``: source ``k``'s logits on image ``n``.
+    weights : Tensor
+        ``(K, N)``: the gate of edge ``k`` on image ``n`` (:func:`edgekd.losses.ktg.edge_weights`).
+    """
+
+    x: Tensor
+    logits: Tensor
+    weights: Tensor
+
+    def __post_init__(self) -> None:
+        k, n = self.weights.shape if self.weights.dim() == 2 else (-1, -1)
+        if self.logits.dim() != 3 or tuple(self.logits.shape[:2]) != (k, n) or len(self.x) != n:
+            raise ValueError(
+                f"targets need logits (K, N, C), weights (K, N) and N images, got logits "
+                f"{tuple(self.logits.shape)}, weights {tuple(self.weights.shape)}, "
+                f"{len(self.x)} images"
+            )
+
+
+@dataclass(frozen=True)
+class NodeRound:
+    """One node's training in one federated round (means over the last epoch's steps).
+
+    ``ce_loss``/``kd_loss`` are NaN when the self edge or the incoming edges are off;
+    ``accuracy`` is of the private batches (NaN without the self edge).
+    """
+
+    loss: float
+    ce_loss: float
+    kd_loss: float
+    accuracy: float
+    num_examples: int
+
+
+def _cycle(loader: BatchLoader) -> Iterator[tuple[Tensor, Tensor]]:
+    while True:
+        yield from loader
+
+
+def train_node(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    targets: EdgeTargets | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    public_seed: int = 1,
+    augment: bool = False,
+    padding: int = 4,
+    flip: bool = True,
+    lr_schedule: str = "constant",
+    self_weight: float = 1.0,
+    temperature: float = 1.0,
+    progress: str = "ktg node training",
+) -> NodeRound:
+    """Train ``model`` in place on its self edge and its incoming edges (federated KTG).
+
+    Every step takes the next private batch ``(x_b, y_b)`` (as
+    :func:`edgekd.training.train_supervised`: same loader, optimizer and schedule) and, with
+    ``targets``, the next public batch ``P`` (cycled, shuffled by ``public_seed``, never
+    augmented: the targets belong to the plain images); the loss is::
+
+        self_weight * CE(f(x_b), y_b) + sum_k T^2 * mean_{n in P}(w_kn * KL(p_kn || p(n)))
+
+    Without targets and with ``self_weight == 1`` the steps are exactly those of
+    ``train_supervised`` with the same arguments (independent local training, bit for bit).
+    A step with no term (``self_weight == 0`` and no targets) trains nothing.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The node's model (modified in place).
+    x, y : Tensor
+        The private data ``(N, C, H, W)`` and int64 labels; one epoch is one pass over it.
+    targets : EdgeTargets or None
+        The incoming edges of this round; None (or ``K == 0``) for none.
+    epochs, batch_size, lr, momentum, weight_decay, seed, augment, padding, flip, lr_schedule
+        The local schedule, as :func:`edgekd.training.train_supervised`.
+    public_seed : int
+        Seed of the public-batch order.
+    self_weight : float
+        The self edge's gate (0 = Cutoff).
+    temperature : float
+        Softmax temperature of the KL edges.
+    progress : str
+        Name of the :func:`edgekd.progress.stage`.
+    """
+    if len(x) == 0:
+        raise ValueError("cannot train on an empty dataset (0 examples)")
+    if targets is not None and len(targets.logits) == 0:
+        targets = None
+    nan = float("nan")
+    if epochs == 0 or (self_weight == 0 and targets is None):
+        return NodeRound(nan, nan, nan, nan, len(x))
+    loader = BatchLoader(
+        x, y, batch_size, shuffle=True, seed=seed, augment=augment, padding=padding, flip=flip
+    )
+    public = None
+    if targets is not None:
+        index = torch.arange(len(targets.x))
+        public = _cycle(BatchLoader(targets.x, index, batch_size, shuffle=True, seed=public_seed))
+    optimizer = make_optimizer(model, lr, momentum, weight_decay)
+    scheduler = make_lr_scheduler(optimizer, lr_schedule, epochs * len(loader))
+    model.train()
+    sums = {"ce": EpochStats(), "kd": 0.0, "loss": 0.0}
+    with stage(progress, total=epochs * len(loader), unit="batches") as bar:
+        for _ in range(epochs):
+            sums = {"ce": EpochStats(), "kd": 0.0, "loss": 0.0}
+            for xb, yb in loader:
+                loss = _node_loss(model, xb, yb, targets, public, self_weight, temperature, sums)
+                optimizer_step(optimizer, scheduler, loss)
+                sums["loss"] += float(loss.detach()) * len(yb)
+                bar.advance()
+    return _node_round(sums, len(x), self_weight > 0, targets is not None)
+
+
+def _node_loss(
+    model: nn.Module,
+    xb: Tensor,
+    yb: Tensor,
+    targets: EdgeTargets | None,
+    public: Iterator[tuple[Tensor, Tensor]] | None,
+    self_weight: float,
+    temperature: float,
+    sums: dict[str, Any],
+) -> Tensor:
+    """One step's loss; adds the terms to ``sums`` (CE stats, KD sum weighted by batch size)."""
+    loss: Tensor | None = None
+    if self_weight > 0:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        sums["ce"].add(loss, logits, yb)
+        if self_weight != 1.0:
+            loss = self_weight * loss
+    if targets is not None and public is not None:
+        xp, ip = next(public)
+        zp = model(xp)
+        kd = torch.stack(
+            [
+                gated_kl_loss(zp, targets.logits[k][ip], temperature, targets.weights[k][ip])
+                for k in range(len(targets.logits))
+            ]
+        ).sum()
+        sums["kd"] += float(kd.detach()) * len(yb)
+        loss = kd if loss is None else loss + kd
+    assert loss is not None
+    return loss
+
+
+def _node_round(sums: dict[str, Any], num_examples: int, with_ce: bool, with_kd: bool) -> NodeRound:
+    """Means per example of the last epoch (every epoch passes over the ``num_examples``)."""
+    ce: EpochStats = sums["ce"]
+    nan = float("nan")
+    return NodeRound(
+        loss=sums["loss"] / num_examples,
+        ce_loss=ce.loss_sum / max(ce.seen, 1) if with_ce else nan,
+        kd_loss=sums["kd"] / num_examples if with_kd else nan,
+        accuracy=ce.correct / max(ce.seen, 1) if with_ce else nan,
+        num_examples=num_examples,
+    )

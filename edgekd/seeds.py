@@ -19,6 +19,7 @@ _PRIME_B = 1_009
 _PRIME_C = 1_000_003
 _FEDMD_INIT = 1_000
 _CLOUD_EDGE = 104_729
+_KTG = 15_485_863
 
 STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # cloned distillation: the seed an edge initialises a scratch model with, per round
@@ -47,6 +48,10 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "ce-student": lambda seed, rnd, pid, member: seed * _PRIME_A + _CLOUD_EDGE - 6,
     # cloud-edge: the student's distillation batch order
     "ce-distill": lambda seed, rnd, pid, member: seed * _PRIME_C + _CLOUD_EDGE - 12,
+    # knowledge transfer graph: a node's model initialisation, per partition
+    "ktg-init": lambda seed, rnd, pid, member: seed * _PRIME_A + _KTG + pid,
+    # knowledge transfer graph: a node's public-batch order (``seed`` = its client-train seed)
+    "ktg-public": lambda seed, rnd, pid, member: seed + _KTG,
     # cloud-edge: the validation part of the core split
     "ce-val": lambda seed, rnd, pid, member: seed + _CLOUD_EDGE - 18,
 }

@@ -38,6 +38,10 @@ from edgekd.seeds import STREAMS, derive_seed
         ("ce-distill", {}, 3_104_726),
         # 3 + 104_729 - 18
         ("ce-val", {"server_round": 2}, 104_714),
+        # 3 * 7_919 + 15_485_863 + 4 = 15_509_624
+        ("ktg-init", {"partition": 4}, 15_509_624),
+        # 3 + 15_485_863
+        ("ktg-public", {"server_round": 2, "partition": 4}, 15_485_866),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -62,6 +66,8 @@ def test_every_stream_is_tested_by_hand() -> None:
         "ce-student",
         "ce-distill",
         "ce-val",
+        "ktg-init",
+        "ktg-public",
     }
 
 

@@ -7,6 +7,7 @@ from edgekd.strategies import (
     core_fedavg,
     fedmd,
     flower_baselines,
+    ktg,
 )
 from edgekd.strategies.registry import (
     StrategyContext,
@@ -32,6 +33,7 @@ __all__ = [
     "fedmd",
     "flower_baselines",
     "import_plugins",
+    "ktg",
     "list_strategies",
     "register_strategy",
     "resolve_strategy",

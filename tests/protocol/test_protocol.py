@@ -13,7 +13,7 @@ from edgekd.clients import cloned_distillation as cd_client
 from edgekd.clients import fedmd as fedmd_client
 from edgekd.clients import node
 from edgekd.config import ExperimentConfig
-from edgekd.protocol import cloned_distillation, common, fedmd
+from edgekd.protocol import cloned_distillation, common, fedmd, ktg
 
 SETUP = {
     "server-round": 2,
@@ -163,6 +163,21 @@ def test_missing_npz_names_the_file(tmp_path: Path) -> None:
                 "with-representations",
                 "shared-init",
                 "private-acc",
+            ],
+        ),
+        (
+            ktg,
+            [
+                "query.ktg_logits",
+                "train.ktg",
+                "evaluate.ktg",
+                "ktg-public",
+                "ktg-logits",
+                "ktg-targets",
+                "node-models",
+                "self-weight",
+                "temperature",
+                "test-acc",
             ],
         ),
     ],
