@@ -8,7 +8,9 @@ register here:
   FedAvg, FedProx);
 - :mod:`edgekd.clients.fedmd`: ``query.fedmd_scores``, ``train.fedmd``, ``evaluate.fedmd``;
 - :mod:`edgekd.clients.cloud_edge`: ``query.ce_offload``, ``query.ce_answer`` (cloud-edge
-  confidence offloading).
+  confidence offloading);
+- :mod:`edgekd.clients.prune_kt`: ``train.pk_transfer`` (filter pruning + layer-wise transfer
+  of a new class).
 
 The same app runs under the simulation engine and on a real ``flower-supernode``; the message
 formats are in :mod:`edgekd.protocol`. A new method adds a handler module with a
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from flwr.clientapp import ClientApp
 
-from edgekd.clients import cloned_distillation, cloud_edge, fedmd, node
+from edgekd.clients import cloned_distillation, cloud_edge, fedmd, node, prune_kt
 from edgekd.clients.cloned_distillation import LocalTrainConfig, evaluate, train, train_local
 from edgekd.clients.node import (
     NODE_DATA_KEY,
@@ -49,3 +51,4 @@ node.register(app)
 cloned_distillation.register(app)
 fedmd.register(app)
 cloud_edge.register(app)
+prune_kt.register(app)

@@ -8,7 +8,9 @@ content is described, and whose keys are defined, here and nowhere else:
   async) and of Flower's FedAvg/FedProx on the edgekd client;
 - :mod:`edgekd.protocol.fedmd`: FedMD's three custom actions and its setup rules;
 - :mod:`edgekd.protocol.cloud_edge`: cloud-edge confidence offloading (``query.ce_offload``,
-  ``query.ce_answer``).
+  ``query.ce_answer``);
+- :mod:`edgekd.protocol.prune_kt`: filter pruning + layer-wise transfer to edges that learn
+  a new class (``train.pk_transfer``).
 
 A new method adds one module here, imported by its strategy and its client handler.
 """

@@ -7,6 +7,7 @@ from edgekd.strategies import (
     core_fedavg,
     fedmd,
     flower_baselines,
+    prune_kt,
 )
 from edgekd.strategies.registry import (
     StrategyContext,
@@ -33,6 +34,7 @@ __all__ = [
     "flower_baselines",
     "import_plugins",
     "list_strategies",
+    "prune_kt",
     "register_strategy",
     "resolve_strategy",
     "section_keys",
