@@ -38,6 +38,16 @@ from edgekd.seeds import STREAMS, derive_seed
         ("ce-distill", {}, 3_104_726),
         # 3 + 104_729 - 18
         ("ce-val", {"server_round": 2}, 104_714),
+        # 3 * 7_919 + 224_737 + 1
+        ("pk-init", {"member": 1}, 248_495),
+        # 3 * 1_009 + 224_737
+        ("pk-teacher", {}, 227_764),
+        # 3 * 1_000_003 + 224_737 + 900
+        ("pk-student", {"member": 900}, 3_225_646),
+        # 3 + 224_737 - 6
+        ("pk-stats", {}, 224_734),
+        # 3 * 7_919 + 224_737 + 7 * 2 + 11
+        ("pk-edge", {"partition": 2}, 248_519),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -62,6 +72,11 @@ def test_every_stream_is_tested_by_hand() -> None:
         "ce-student",
         "ce-distill",
         "ce-val",
+        "pk-init",
+        "pk-teacher",
+        "pk-student",
+        "pk-stats",
+        "pk-edge",
     }
 
 

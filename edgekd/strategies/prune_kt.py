@@ -173,7 +173,7 @@ class PruneKT(CentralEvaluation, RoundReports, Strategy):
         data: tuple[torch.Tensor, torch.Tensor],
         schedule: Schedule,
     ) -> PrunedResNet:
-        init_seed = derive_seed(f"{kind}-init", self.config.seed)
+        init_seed = derive_seed("pk-init", self.config.seed, member=int(kind.endswith("student")))
         description = {
             "config": run_description(self.config, exclude=("strategy", "model")),
             "new-classes": list(self.pk.new_classes),
@@ -231,7 +231,9 @@ class PruneKT(CentralEvaluation, RoundReports, Strategy):
         }
         for threshold, spec in specs.items():
             schedule = self._schedule(
-                pk.student_epochs, pk.student_lr, derive_seed(f"pk-student-{threshold:g}", cfg.seed)
+                pk.student_epochs,
+                pk.student_lr,
+                derive_seed("pk-student", cfg.seed, member=round(1000 * threshold)),
             )
             student = self._train_cached("prune-kt-student", spec, data, schedule)
             self.students[threshold] = student
@@ -267,7 +269,7 @@ class PruneKT(CentralEvaluation, RoundReports, Strategy):
             weight_decay=cfg.weight_decay,
             lambdas=(pk.lambdas[0], pk.lambdas[1], pk.lambdas[2]),
             old_fraction=pk.old_fraction,
-            seed=derive_seed(f"pk-edge-{position}", cfg.seed),
+            seed=derive_seed("pk-edge", cfg.seed, partition=position),
             baseline=pk.baseline,
         )
 
