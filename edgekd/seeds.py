@@ -20,6 +20,7 @@ _PRIME_C = 1_000_003
 _FEDMD_INIT = 1_000
 _CLOUD_EDGE = 104_729
 _KTG = 15_485_863
+_PRUNE_KT = 224_737
 
 STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # cloned distillation: the seed an edge initialises a scratch model with, per round
@@ -54,6 +55,16 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "ktg-public": lambda seed, rnd, pid, member: seed + _KTG,
     # cloud-edge: the validation part of the core split
     "ce-val": lambda seed, rnd, pid, member: seed + _CLOUD_EDGE - 18,
+    # prune-kt: a model's initialisation (member 0: the teacher, 1: a student)
+    "pk-init": lambda seed, rnd, pid, member: seed * _PRIME_A + _PRUNE_KT + member,
+    # prune-kt: the teacher's batch order
+    "pk-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _PRUNE_KT,
+    # prune-kt: a student's batch order (member = round(1000 P), its threshold)
+    "pk-student": lambda seed, rnd, pid, member: seed * _PRIME_C + _PRUNE_KT + member,
+    # prune-kt: the images of the activation statistics
+    "pk-stats": lambda seed, rnd, pid, member: seed + _PRUNE_KT - 6,
+    # prune-kt: an edge's data draw, classifier row and transfer batch order, per edge
+    "pk-edge": lambda seed, rnd, pid, member: seed * _PRIME_A + _PRUNE_KT + 7 * pid + 11,
 }
 
 

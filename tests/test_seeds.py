@@ -42,6 +42,16 @@ from edgekd.seeds import STREAMS, derive_seed
         ("ktg-init", {"partition": 4}, 15_509_624),
         # 3 + 15_485_863
         ("ktg-public", {"server_round": 2, "partition": 4}, 15_485_866),
+        # 3 * 7_919 + 224_737 + 1
+        ("pk-init", {"member": 1}, 248_495),
+        # 3 * 1_009 + 224_737
+        ("pk-teacher", {}, 227_764),
+        # 3 * 1_000_003 + 224_737 + 900
+        ("pk-student", {"member": 900}, 3_225_646),
+        # 3 + 224_737 - 6
+        ("pk-stats", {}, 224_734),
+        # 3 * 7_919 + 224_737 + 7 * 2 + 11
+        ("pk-edge", {"partition": 2}, 248_519),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -68,6 +78,11 @@ def test_every_stream_is_tested_by_hand() -> None:
         "ce-val",
         "ktg-init",
         "ktg-public",
+        "pk-init",
+        "pk-teacher",
+        "pk-student",
+        "pk-stats",
+        "pk-edge",
     }
 
 

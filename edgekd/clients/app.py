@@ -11,6 +11,8 @@ register here:
   confidence offloading);
 - :mod:`edgekd.clients.ktg`: ``query.ktg_logits``, ``train.ktg``, ``evaluate.ktg`` (federated
   knowledge transfer graph).
+- :mod:`edgekd.clients.prune_kt`: ``train.pk_transfer`` (filter pruning + layer-wise transfer
+  of a new class).
 
 The same app runs under the simulation engine and on a real ``flower-supernode``; the message
 formats are in :mod:`edgekd.protocol`. A new method adds a handler module with a
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from flwr.clientapp import ClientApp
 
-from edgekd.clients import cloned_distillation, cloud_edge, fedmd, ktg, node
+from edgekd.clients import cloned_distillation, cloud_edge, fedmd, ktg, node, prune_kt
 from edgekd.clients.cloned_distillation import LocalTrainConfig, evaluate, train, train_local
 from edgekd.clients.node import (
     NODE_DATA_KEY,
@@ -52,3 +54,4 @@ cloned_distillation.register(app)
 fedmd.register(app)
 cloud_edge.register(app)
 ktg.register(app)
+prune_kt.register(app)

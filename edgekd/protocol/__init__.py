@@ -12,6 +12,8 @@ content is described, and whose keys are defined, here and nowhere else:
 - :mod:`edgekd.protocol.ktg`: the federated knowledge transfer graph (``query.ktg_logits``,
   ``train.ktg``, ``evaluate.ktg``);
 - :mod:`edgekd.protocol.public`: the public-data pool FedMD and KTG share.
+- :mod:`edgekd.protocol.prune_kt`: filter pruning + layer-wise transfer to edges that learn
+  a new class (``train.pk_transfer``).
 
 A new method adds one module here, imported by its strategy and its client handler.
 """

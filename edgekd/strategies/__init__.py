@@ -8,6 +8,7 @@ from edgekd.strategies import (
     fedmd,
     flower_baselines,
     ktg,
+    prune_kt,
 )
 from edgekd.strategies.registry import (
     StrategyContext,
@@ -35,6 +36,7 @@ __all__ = [
     "import_plugins",
     "ktg",
     "list_strategies",
+    "prune_kt",
     "register_strategy",
     "resolve_strategy",
     "section_keys",
