@@ -166,14 +166,27 @@ def test_round_trip_offload_figures_match_a_hand_count(tiny_npz: Path, tmp_path:
 
 
 def test_run_experiment_records_the_sweep(tiny_npz: Path, tmp_path: Path) -> None:
-    """Through the runner: cloud_edge.json holds the cloud figures and one row per sigma."""
-    run_config = _run_config(
-        tiny_npz, tmp_path, **{"ce-loss": "st", "ce-sigmas": "0.2", "ce-distill-epochs": 1}
-    )
-    grid = InProcessGrid(real_client_app, run_config, num_nodes=2)
+    """Through the runner, 4 Dirichlet edges: cloud_edge.json holds the cloud figures and one
+    row per sigma with every edge's figures; the edges' streams are the non-core images."""
+    overrides = {
+        "ce-loss": "st",
+        "ce-sigmas": "0.2",
+        "ce-distill-epochs": 1,
+        "num-partitions": 4,
+        "partitioner": "dirichlet",
+        "dirichlet-alpha": 0.5,
+    }
+    run_config = _run_config(tiny_npz, tmp_path, **overrides)
+    grid = InProcessGrid(real_client_app, run_config, num_nodes=4)
     run_experiment(grid, run_config, tmp_path / "run")
     report = json.loads((tmp_path / "run" / "cloud_edge.json").read_text())
     assert [row["sigma"] for row in report["sweep"]] == [1.0, 0.2]
+    for row in report["sweep"]:
+        assert sorted(row["edges"]) == ["0", "1", "2", "3"]
+        assert all(edge["status"] == "ok" for edge in row["edges"].values())
+        sizes = [edge["num-examples"] for edge in row["edges"].values()]
+        assert sum(sizes) == row["num-examples"] == 120  # 160 images, core 25 %
+        assert len(set(sizes)) > 1  # Dirichlet: unequal streams
     assert report["cloud"]["selected-epoch"] == 1
     assert 0 <= report["cloud"]["student-test-selected"]["ece"] <= 1
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
