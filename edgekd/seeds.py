@@ -19,6 +19,7 @@ _PRIME_B = 1_009
 _PRIME_C = 1_000_003
 _FEDMD_INIT = 1_000
 _CLOUD_EDGE = 104_729
+_KTG = 15_485_863
 
 STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # cloned distillation: the seed an edge initialises a scratch model with, per round
@@ -49,6 +50,10 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "ce-distill": lambda seed, rnd, pid, member: seed * _PRIME_C + _CLOUD_EDGE - 12,
     # cloud-edge: the validation part of the core split
     "ce-val": lambda seed, rnd, pid, member: seed + _CLOUD_EDGE - 18,
+    # knowledge transfer graph: node ``pid``'s initialisation (the same in every graph)
+    "ktg-init": lambda seed, rnd, pid, member: seed * _PRIME_A + _KTG + pid,
+    # knowledge transfer graph: the batch order and augmentation of graph training
+    "ktg-train": lambda seed, rnd, pid, member: seed * _PRIME_C + _KTG,
 }
 
 

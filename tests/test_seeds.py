@@ -38,6 +38,10 @@ from edgekd.seeds import STREAMS, derive_seed
         ("ce-distill", {}, 3_104_726),
         # 3 + 104_729 - 18
         ("ce-val", {"server_round": 2}, 104_714),
+        # 3 * 7_919 + 15_485_863 + 2 = 15_509_622
+        ("ktg-init", {"partition": 2}, 15_509_622),
+        # 3 * 1_000_003 + 15_485_863 = 18_485_872
+        ("ktg-train", {"partition": 2}, 18_485_872),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -62,6 +66,8 @@ def test_every_stream_is_tested_by_hand() -> None:
         "ce-student",
         "ce-distill",
         "ce-val",
+        "ktg-init",
+        "ktg-train",
     }
 
 
