@@ -59,6 +59,7 @@ __all__ = [
     "graph_trainable",
     "load_graph_data",
     "node_test_accuracies",
+    "pretrain_teacher",
     "run_search",
     "search_log",
     "train_config",
@@ -247,6 +248,47 @@ def build_graph_models(
     return built
 
 
+def _train_kwargs(settings: TrainSettings, data: GraphData, epochs: int | None) -> dict[str, Any]:
+    return {
+        "epochs": settings.epochs if epochs is None else epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "momentum": settings.momentum,
+        "weight_decay": settings.weight_decay,
+        "temperature": settings.temperature,
+        "augment": settings.augment,
+        "lr_schedule": settings.lr_schedule,
+        "x_val": data.x_val,
+        "y_val": data.y_val,
+    }
+
+
+def pretrain_teacher(
+    name: str, node: int, data: GraphData, settings: TrainSettings
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Train model ``name`` alone (cross-entropy) as the pretrained weights of fixed ``node``.
+
+    Its initialisation and batch order come from ``derive_seed("ktg-teacher", settings.seed,
+    partition=node)``, so a teacher never replays the trajectory of a learning node. Returns
+    the state dict and the teacher's last validation accuracy.
+    """
+    seed = derive_seed("ktg-teacher", settings.seed, partition=node)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(name, data.num_classes, data.in_channels)
+    history = train_graph(
+        [model],
+        data.x_train,
+        data.y_train,
+        GateMatrix.parse("T"),
+        **_train_kwargs(settings, data, None),
+        seed=seed,
+        progress=f"teacher {name} (node {node})",
+    )
+    val = history[-1].val_accuracy if history else None
+    return model.state_dict(), float(val[0]) if val else float("nan")
+
+
 def train_config(
     config: dict[str, str],
     data: GraphData,
@@ -274,17 +316,8 @@ def train_config(
         data.x_train,
         data.y_train,
         gates,
-        epochs=settings.epochs if epochs is None else epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        temperature=settings.temperature,
+        **_train_kwargs(settings, data, epochs),
         seed=derive_seed("ktg-train", settings.seed),
-        augment=settings.augment,
-        lr_schedule=settings.lr_schedule,
-        x_val=data.x_val,
-        y_val=data.y_val,
         progress=f"graph {config['gates']} [{config['models']}]",
         on_epoch=on_epoch,
     )
@@ -414,6 +447,7 @@ def _trial_entry(result: Any, rungs: list[int], max_t: int) -> dict[str, Any]:
         "status": status,
         "val_accuracy": curve[-1] if curve else None,
         "val_curve": curve,
+        "seconds": (result.metrics or {}).get("time_total_s"),
         "error": None if result.error is None else str(result.error).splitlines()[0][:300],
     }
 

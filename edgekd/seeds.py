@@ -54,6 +54,8 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "ktg-init": lambda seed, rnd, pid, member: seed * _PRIME_A + _KTG + pid,
     # knowledge transfer graph: the batch order and augmentation of graph training
     "ktg-train": lambda seed, rnd, pid, member: seed * _PRIME_C + _KTG,
+    # knowledge transfer graph: a fixed node's pretraining (init and batch order) per node
+    "ktg-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _KTG + 101 * pid,
 }
 
 

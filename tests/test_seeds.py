@@ -42,6 +42,8 @@ from edgekd.seeds import STREAMS, derive_seed
         ("ktg-init", {"partition": 2}, 15_509_622),
         # 3 * 1_000_003 + 15_485_863 = 18_485_872
         ("ktg-train", {"partition": 2}, 18_485_872),
+        # 3 * 1_009 + 15_485_863 + 101 * 2 = 15_489_092
+        ("ktg-teacher", {"partition": 2}, 15_489_092),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -68,6 +70,7 @@ def test_every_stream_is_tested_by_hand() -> None:
         "ce-val",
         "ktg-init",
         "ktg-train",
+        "ktg-teacher",
     }
 
 
