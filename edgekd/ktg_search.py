@@ -151,7 +151,7 @@ class TrainSettings:
     full run, as in the official search (its pruner cuts the 200-epoch schedule short).
     """
 
-    epochs: int = 16
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9

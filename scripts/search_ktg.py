@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
     parser.add_argument("--trials", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=16, help="ASHA's max_t, in epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="ASHA's max_t, in epochs")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--target", default="resnet8", help="node 0's model ('' = searched)")
     parser.add_argument("--pool", nargs="+", default=list(DEFAULT_POOL))
