@@ -18,6 +18,12 @@ retrain from their first epoch. A restore with other search arguments is refused
 starts another experiment). ``--out`` (``results/ktg/search.json``) gets every trial's config,
 rungs reached, promoted / stopped status, validation curve and seconds, and the best graph.
 
+Size (defaults: 3 nodes, resnet8 at node 0, pool resnet8 / resnet20 / wrn16_2 / cnn, all four
+gates, max_t = 10 epochs, the reproduction's length): ASHA trains a trial ~3 epochs on average,
+so 32 trials are ~100 graph epochs; a 3-node graph epoch of the average draw takes ~20 s on an
+idle core (~54 s under a load average of ~7; from the reproduction's pilot): ~17 min on 2 idle
+cores, ~46 min under that load.
+
     python scripts/search_ktg.py                                   # 32 trials, 2 workers
     python scripts/search_ktg.py --trials 4 --epochs 2 --pool cnn --target cnn \\
         --nodes 2 --limit 300 --out /tmp/ktg/search.json --storage /tmp/ktg/tune  # a smoke

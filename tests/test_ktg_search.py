@@ -7,6 +7,8 @@ official code https://github.com/somaminami/DCL.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +31,12 @@ from edgekd.losses.ktg import GateMatrix
 HAS_TUNE = importlib.util.find_spec("ray") is not None and (
     importlib.util.find_spec("ray.tune") is not None
 )
+
+
+def test_the_module_imports_without_ray_tune() -> None:
+    """The base install works: importing the module loads no ``ray.tune``."""
+    code = "import sys, edgekd.ktg_search; assert 'ray.tune' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_sampled_graphs_are_distinct_valid_and_reproducible() -> None:
