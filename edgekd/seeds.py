@@ -53,9 +53,9 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     # knowledge transfer graph: node ``pid``'s initialisation (the same in every graph)
     "ktg-init": lambda seed, rnd, pid, member: seed * _PRIME_A + _KTG + pid,
     # knowledge transfer graph: the batch order and augmentation of graph training
-    "ktg-train": lambda seed, rnd, pid, member: seed * _PRIME_C + _KTG,
+    "ktg-train": lambda seed, rnd, pid, member: seed * _PRIME_C + _KTG - 7,
     # knowledge transfer graph: a fixed node's pretraining (init and batch order) per node
-    "ktg-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _KTG + 101 * pid,
+    "ktg-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _KTG - 13 - 101 * pid,
 }
 
 
