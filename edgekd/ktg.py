@@ -17,7 +17,7 @@ its self edge on its private data and its incoming edges as fixed targets on a p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,7 @@ def train_graph(
     x_val: Tensor | None = None,
     y_val: Tensor | None = None,
     progress: str = "graph training",
+    on_epoch: Callable[[int, GraphEpoch], None] | None = None,
 ) -> list[GraphEpoch]:
     """Train the learning nodes of ``gates`` together, in place; one :class:`GraphEpoch` each.
 
@@ -128,6 +129,10 @@ def train_graph(
         A validation set: each node's accuracy on it is recorded after every epoch.
     progress : str
         Name of the :func:`edgekd.progress.stage` that reports the batches.
+    on_epoch : Callable[[int, GraphEpoch], None], optional
+        Called after every epoch with its number (from 1) and its record, before the next
+        epoch starts: a hyper-parameter search reports there (and may stop the training by
+        raising, as Ray Tune does for a trial its scheduler stops).
     """
     _check_inputs(models, x, gates, epochs, x_val, y_val)
     fixed = set(gates.fixed_nodes)
@@ -146,13 +151,14 @@ def train_graph(
             val = None
             if x_val is not None and y_val is not None:
                 val = tuple(evaluate(m, x_val, y_val).accuracy for m in models)
-            history.append(
-                GraphEpoch(
-                    tuple(s.loss_sum / max(s.seen, 1) for s in stats),
-                    tuple(s.correct / max(s.seen, 1) for s in stats),
-                    val,
-                )
+            record = GraphEpoch(
+                tuple(s.loss_sum / max(s.seen, 1) for s in stats),
+                tuple(s.correct / max(s.seen, 1) for s in stats),
+                val,
             )
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, record)
     return history
 
 

@@ -65,6 +65,10 @@ STREAMS: dict[str, Callable[[int, int, int, int], int]] = {
     "pk-stats": lambda seed, rnd, pid, member: seed + _PRUNE_KT - 6,
     # prune-kt: an edge's data draw, classifier row and transfer batch order, per edge
     "pk-edge": lambda seed, rnd, pid, member: seed * _PRIME_A + _PRUNE_KT + 7 * pid + 11,
+    # knowledge transfer graph: the batch order and augmentation of graph training
+    "ktg-train": lambda seed, rnd, pid, member: seed * _PRIME_C + _KTG - 7,
+    # knowledge transfer graph: a fixed node's pretraining (init and batch order) per node
+    "ktg-teacher": lambda seed, rnd, pid, member: seed * _PRIME_B + _KTG - 13 - 101 * pid,
 }
 
 

@@ -119,3 +119,41 @@ def test_train_graph_needs_one_model_per_node() -> None:
             epochs=1,
             batch_size=8,
         )
+
+
+def test_on_epoch_sees_every_epoch_and_can_stop_the_training() -> None:
+    """The callback gets (epoch from 1, its record); raising in it stops between epochs."""
+    seen: list[tuple[int, tuple[float, ...] | None]] = []
+    x, y = _data()
+    history = train_graph(
+        [_linear(0), _linear(1)],
+        x,
+        y,
+        GateMatrix.parse("T,T;T,T"),
+        epochs=3,
+        batch_size=8,
+        x_val=x,
+        y_val=y,
+        on_epoch=lambda epoch, record: seen.append((epoch, record.val_accuracy)),
+    )
+    assert seen == [(i + 1, h.val_accuracy) for i, h in enumerate(history)] and len(seen) == 3
+
+    class StopError(Exception):
+        pass
+
+    def stop_after_two(epoch: int, record: object) -> None:
+        if epoch == 2:
+            raise StopError
+
+    calls: list[int] = []
+    with pytest.raises(StopError):
+        train_graph(
+            [_linear(0)],
+            x,
+            y,
+            GateMatrix.parse("T"),
+            epochs=5,
+            batch_size=8,
+            on_epoch=lambda epoch, record: (calls.append(epoch), stop_after_two(epoch, record)),
+        )
+    assert calls == [1, 2]

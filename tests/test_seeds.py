@@ -52,6 +52,10 @@ from edgekd.seeds import STREAMS, derive_seed
         ("pk-stats", {}, 224_734),
         # 3 * 7_919 + 224_737 + 7 * 2 + 11
         ("pk-edge", {"partition": 2}, 248_519),
+        # 3 * 1_000_003 + 15_485_863 - 7 = 18_485_865
+        ("ktg-train", {"partition": 2}, 18_485_865),
+        # 3 * 1_009 + 15_485_863 - 13 - 101 * 2 = 15_488_675
+        ("ktg-teacher", {"partition": 2}, 15_488_675),
     ],
 )
 def test_each_stream_by_hand(stream: str, kwargs: dict[str, int], expected: int) -> None:
@@ -83,6 +87,8 @@ def test_every_stream_is_tested_by_hand() -> None:
         "pk-student",
         "pk-stats",
         "pk-edge",
+        "ktg-train",
+        "ktg-teacher",
     }
 
 
@@ -109,3 +115,12 @@ def test_cloud_edge_streams_differ_for_every_seed() -> None:
             derive_seed(s, seed) for s in ("ce-teacher", "ce-student", "ce-distill", "ce-val")
         }
         assert len(values) == 4, seed
+
+
+def test_ktg_streams_differ_for_every_seed() -> None:
+    """Node inits, the training order and teacher pretraining never coincide (4 nodes)."""
+    for seed in range(50):
+        values = [derive_seed("ktg-init", seed, partition=p) for p in range(4)]
+        values += [derive_seed("ktg-teacher", seed, partition=p) for p in range(4)]
+        values.append(derive_seed("ktg-train", seed))
+        assert len(set(values)) == 9, seed
