@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, format_paired
+from repro_common import ROOT, bars_per_seed, paired_table, pct
 
 OUT = ROOT / "results" / "cloud_edge"
 
@@ -63,11 +63,6 @@ binomial standard error of about 0.015.
 """
 
 
-def pct(value: float | None) -> str:
-    """A fraction as a percentage with one decimal."""
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def loss_table(summary: dict[str, Any]) -> list[str]:
     """Table 1 and Table 2 at CPU scale: one row per loss."""
     losses = summary["losses"]
@@ -106,13 +101,8 @@ def loss_table(summary: dict[str, Any]) -> list[str]:
 
 def claims_table(summary: dict[str, Any]) -> list[str]:
     """The paired orderings of Table 1."""
-    lines = [
-        "## Paper orderings (paired, selected-checkpoint test accuracy)",
-        "",
-        "| claim (A − B) | mean | 95 % CI | n | verdict |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    return lines + [format_paired(n, e) for n, e in summary["paired"].items()] + [""]
+    title = "Paper orderings (paired, selected-checkpoint test accuracy)"
+    return [*paired_table(summary["paired"], title), ""]
 
 
 def sweep_section(summary: dict[str, Any]) -> list[str]:
@@ -168,14 +158,12 @@ def plot(summary: dict[str, Any], out: Path) -> None:
 
     losses = summary["losses"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, entry in enumerate(losses.values()):
-        values = entry["student_acc"]["per_seed"]
-        left.scatter([i] * len(values), values, alpha=0.5)
-        left.bar(i, entry["student_acc"]["mean"], alpha=0.3)
-    left.set_xticks(range(len(losses)), list(losses), rotation=20)
-    left.set_ylim(min(min(e["student_acc"]["per_seed"]) for e in losses.values()) - 0.02, None)
-    left.set_ylabel("student test accuracy (selected checkpoint)")
-    left.set_title("Table 1 at CPU scale (resnet20 -> resnet8)")
+    bars_per_seed(
+        left,
+        {name: entry["student_acc"]["per_seed"] for name, entry in losses.items()},
+        "student test accuracy (selected checkpoint)",
+        "Table 1 at CPU scale (resnet20 -> resnet8)",
+    )
     for name, rows in summary["sigma_sweep_by_loss"].items():
         right.plot(
             [r["offload_rate"] for r in rows],

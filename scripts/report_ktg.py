@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, format_paired
+from repro_common import ROOT, bars_per_seed, paired_table, pct
 
 OUT = ROOT / "results" / "ktg"
 
@@ -53,11 +53,6 @@ error of about 0.015.
 """
 
 
-def pct(value: float | None) -> str:
-    """A fraction as a percentage with one decimal."""
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def method_table(summary: dict[str, Any]) -> list[str]:
     """One row per method: graph, node 0's test accuracy, seconds per epoch."""
     lines = [
@@ -83,13 +78,7 @@ def method_table(summary: dict[str, Any]) -> list[str]:
 
 def claims_table(summary: dict[str, Any]) -> list[str]:
     """The paired differences of node 0's test accuracy."""
-    lines = [
-        "## Paired differences (node 0, test accuracy)",
-        "",
-        "| claim (A − B) | mean | 95 % CI | n | verdict |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    return lines + [format_paired(n, e) for n, e in summary["paired"].items()] + [""]
+    return [*paired_table(summary["paired"], "Paired differences (node 0, test accuracy)"), ""]
 
 
 def search_section(summary: dict[str, Any], search: dict[str, Any] | None) -> list[str]:
@@ -132,14 +121,14 @@ def plot(summary: dict[str, Any], out: Path) -> None:
 
     methods = summary["methods"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, entry in enumerate(methods.values()):
-        values = entry["test_acc"]["per_seed"]
-        left.scatter([i] * len(values), values, alpha=0.5)
-        left.bar(i, entry["test_acc"]["mean"], alpha=0.3)
+    for entry in methods.values():
         right.plot(range(1, len(entry["val_curve_mean"]) + 1), entry["val_curve_mean"])
-    left.set_xticks(range(len(methods)), list(methods), rotation=20)
-    left.set_ylim(min(min(e["test_acc"]["per_seed"]) for e in methods.values()) - 0.02, None)
-    left.set_ylabel("node 0 test accuracy")
+    bars_per_seed(
+        left,
+        {name: entry["test_acc"]["per_seed"] for name, entry in methods.items()},
+        "node 0 test accuracy",
+        "node 0 (resnet8) per method and seed",
+    )
     right.legend(list(methods), fontsize=8)
     right.set_xlabel("epoch")
     right.set_ylabel("node 0 validation accuracy (mean over seeds)")

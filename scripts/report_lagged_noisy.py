@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, format_paired
+from repro_common import ROOT, bars_per_seed, paired_table
 
 OUT = ROOT / "results" / "lagged_noisy"
 
@@ -47,12 +47,6 @@ standard error of about 0.015.
 def mean(values: list[float]) -> float:
     """Arithmetic mean."""
     return sum(values) / len(values)
-
-
-def paired_rows(pairs: dict[str, Any]) -> list[str]:
-    """A markdown table of paired differences."""
-    lines = ["| claim (A − B) | mean | 95 % CI | n | verdict |", "| --- | --- | --- | --- | --- |"]
-    return lines + [format_paired(name, entry) for name, entry in pairs.items()]
 
 
 def lag_section(lag: dict[str, Any], paper: dict[str, float]) -> list[str]:
@@ -91,7 +85,7 @@ def lag_section(lag: dict[str, Any], paper: dict[str, float]) -> list[str]:
             f"- Check `{name}` (seed {check['seed']}): its own run {check['run']:.4f}, derived "
             f"{check['derived']:.4f}, identical = **{check['identical']}**."
         )
-    return [*lines, "", *paired_rows(lag["paired"]), ""]
+    return [*lines, "", *paired_table(lag["paired"]), ""]
 
 
 def noisy_section(noisy: dict[str, Any], calibration: dict[str, Any]) -> list[str]:
@@ -146,7 +140,7 @@ def noisy_section(noisy: dict[str, Any], calibration: dict[str, Any]) -> list[st
         f"{detection['false_positive_rate']:.3f} ({counts['fp']} / {counts['fp'] + counts['tn']})"
         f", {detection['counted_over']}.",
         "",
-        *paired_rows(noisy["paired"]),
+        *paired_table(noisy["paired"]),
         "",
     ]
     return lines
@@ -163,13 +157,12 @@ def plot(summary: dict[str, Any], out: Path) -> None:
         lag = summary["lagged"]
         cases = ["control", "late_omitted", "late_used", "late_used_polynomial", "normal"]
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for i, case in enumerate(cases):
-            values = lag[case]["per_seed"]
-            ax.scatter([i] * len(values), values, alpha=0.5)
-            ax.bar(i, mean(values), alpha=0.3)
-        ax.set_xticks(range(len(cases)), [c.replace("_", "\n") for c in cases])
-        ax.set_ylim(min(min(lag[c]["per_seed"]) for c in cases) - 0.02, None)
-        ax.set_ylabel("core test accuracy after the edges (per seed, mean bar)")
+        bars_per_seed(
+            ax,
+            {case.replace("_", "\n"): lag[case]["per_seed"] for case in cases},
+            "core test accuracy after the edges (per seed, mean bar)",
+            "",
+        )
         ax.set_title("Fig. 7 at CPU scale: a late edge (CEM, 2 edges)")
         fig.tight_layout()
         fig.savefig(out / "lagged.png", dpi=110)

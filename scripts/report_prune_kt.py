@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, format_paired
+from repro_common import ROOT, paired_table, pct
 
 OUT = ROOT / "results" / "prune_kt"
 
@@ -46,11 +46,6 @@ Claims are **paired differences** over the seeds with a 95 % t-interval; the ver
 "A beats B": *holds* (interval above 0), *does not hold* (below 0), *unresolved* (contains 0).
 One seed's accuracy on 1,017 test images has a binomial standard error of about 0.015.
 """
-
-
-def pct(value: float | None) -> str:
-    """A fraction as a percentage with one decimal."""
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def compression_table(summary: dict[str, Any]) -> list[str]:
@@ -139,13 +134,7 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
     if "unseen" in summary:
         lines += unseen_table(summary)
     if summary["paired"]:
-        lines += [
-            "## Paired differences",
-            "",
-            "| claim (A − B) | mean | 95 % CI | n | verdict |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        lines += [format_paired(n, e) for n, e in summary["paired"].items()] + [""]
+        lines += [*paired_table(summary["paired"], "Paired differences"), ""]
     discussion = out / "discussion.md"
     if discussion.exists():
         lines.append(discussion.read_text())

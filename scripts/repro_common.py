@@ -237,3 +237,26 @@ def format_paired(name: str, entry: dict[str, Any]) -> str:
     return (
         f"| {name} | {entry['mean']:+.4f} | [{low:+.4f}, {high:+.4f}] | {entry['n']} | {verdict} |"
     )
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal ("n/a" for None)."""
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def paired_table(pairs: dict[str, Any], title: str | None = None) -> list[str]:
+    """A markdown table of paired differences (under a ``## title`` when given)."""
+    head = [f"## {title}", ""] if title else []
+    lines = ["| claim (A − B) | mean | 95 % CI | n | verdict |", "| --- | --- | --- | --- | --- |"]
+    return head + lines + [format_paired(name, entry) for name, entry in pairs.items()]
+
+
+def bars_per_seed(ax: Any, groups: dict[str, list[float]], ylabel: str, title: str) -> None:
+    """One bar per group at its mean, with every seed's value as a dot."""
+    for i, values in enumerate(groups.values()):
+        ax.scatter([i] * len(values), values, alpha=0.5)
+        ax.bar(i, statistics.fmean(values), alpha=0.3)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=20)
+    ax.set_ylim(min(min(v) for v in groups.values()) - 0.02, None)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
