@@ -258,8 +258,9 @@ class NodeMapper:
         messages = [self._whoami(n) for n in nodes]
         for reply in grid.send_and_receive(messages, timeout=self.whoami_timeout):
             self._record(reply)
+        mapped = set(self.node_of_partition.values())  # one set: O(N), not O(N) per node
         for node in nodes:
-            if node not in self.unmapped and node not in self.node_of_partition.values():
+            if node not in self.unmapped and node not in mapped:
                 reason = f"no reply to {WHOAMI_TYPE} within {self.whoami_timeout:g} s"
                 self.unmapped[node] = reason
 
