@@ -47,6 +47,8 @@ CLAIMS = [  # Table 1's orderings: A beats B
     ("NMD-LTSA", "ST"),
     ("NMD", "AT"),
     ("NMD", "FSP"),
+    ("AT", "ST"),
+    ("FSP", "ST"),
     ("ST", "CE"),
     ("NMD-LTSA", "NMD"),
 ]
