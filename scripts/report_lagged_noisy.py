@@ -98,9 +98,14 @@ def noisy_section(noisy: dict[str, Any], calibration: dict[str, Any]) -> list[st
         "train on corrupted data. The detector scores a returned edge by its models' accuracy "
         "on the core data and calls it suspect below *threshold* × the median score of the "
         "edges accepted so far. *No detection* only flags; *detection* rejects suspect edges "
-        "(the core is not touched: the round's Phase 2 is skipped); *exclude* leaves only the "
-        "suspect edge's teachers out and still runs the round's Phase 2 on the memory. *Clean* "
-        "= the table's CPM.",
+        "(the core is not touched: the round's Phase 2 is skipped)"
+        + (
+            "; *exclude* leaves only the suspect edge's teachers out and still runs the "
+            "round's Phase 2 on the memory"
+            if "exclude" in noisy
+            else ""
+        )
+        + ". *Clean* = the table's CPM.",
         "",
         f"**Calibration** (`calibration.json`, seeds {calibration['calibration_seeds']}, never "
         f"the reporting seeds). Rule: {calibration['rule']}. Clean CPM on the sweep seed: "
