@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -65,6 +65,7 @@ from edgekd.strategies.common import (
     FederationError,
     NodeMapper,
     RoundReports,
+    StartDriven,
     content_bytes,
     error_reason,
     instruction,
@@ -82,7 +83,7 @@ def sweep_order(sigmas: Iterable[float]) -> list[float]:
     return [1.0, *rest]
 
 
-class CloudEdge(CentralEvaluation, RoundReports, Strategy):
+class CloudEdge(CentralEvaluation, StartDriven, RoundReports, Strategy):
     """The cloud of Algorithm 1: distil a calibrated student, answer the edges' unsure samples.
 
     Parameters
@@ -387,19 +388,6 @@ class CloudEdge(CentralEvaluation, RoundReports, Strategy):
     def run_files(self) -> Mapping[str, Any]:
         """``cloud_edge.json``: the cloud's training figures and the sweep, per edge."""
         return {"cloud_edge.json": {"cloud": self.cloud, "sweep": self.sweep}}
-
-    # ------------------------------------------------------------------ Flower's round hooks
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Unused: :meth:`start` runs the exchanges."""
-        return []
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Unused: :meth:`start` runs the exchanges."""
-        return None, None
 
 
 @register_strategy("cloud-edge", sections={"ce-": CloudEdgeConfig})

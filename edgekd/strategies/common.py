@@ -36,6 +36,7 @@ __all__ = [
     "FederationError",
     "NodeMapper",
     "RoundReports",
+    "StartDriven",
     "content_bytes",
     "error_reason",
     "instruction",
@@ -399,3 +400,21 @@ class CentralEvaluation:
     ) -> MetricRecord | None:
         """Nothing to aggregate."""
         return None
+
+
+class StartDriven:
+    """Strategy mixin (before ``Strategy`` in the bases) for a strategy whose ``start`` runs
+    every exchange itself: Flower's per-round training hooks are never called, so they send
+    and aggregate nothing."""
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Unused: ``start`` runs the exchanges."""
+        return []
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Unused: ``start`` runs the exchanges."""
+        return None, None

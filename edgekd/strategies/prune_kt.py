@@ -28,13 +28,13 @@ completed the transfer, with ``old-retention`` = old-class accuracy after / befo
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -64,6 +64,7 @@ from edgekd.strategies.common import (
     FederationError,
     NodeMapper,
     RoundReports,
+    StartDriven,
     content_bytes,
     error_reason,
     instruction,
@@ -88,7 +89,7 @@ MEAN_KEYS = (
 )
 
 
-class PruneKT(CentralEvaluation, RoundReports, Strategy):
+class PruneKT(CentralEvaluation, StartDriven, RoundReports, Strategy):
     """The cloud: teacher, per-edge compressed students, then on-device transfer per edge.
 
     Parameters
@@ -399,19 +400,6 @@ class PruneKT(CentralEvaluation, RoundReports, Strategy):
                 "edges": self.edges,
             }
         }
-
-    # ------------------------------------------------------------------ Flower's round hooks
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Unused: :meth:`start` runs the exchange."""
-        return []
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Unused: :meth:`start` runs the exchange."""
-        return None, None
 
 
 @register_strategy("prune-kt", sections={"pk-": PruneKTConfig})
