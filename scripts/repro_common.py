@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -18,6 +19,36 @@ from typing import Any
 from edgekd.progress import eta_seconds, finish_time
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def table_parser(
+    doc: str | None,
+    folder: str,
+    *,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    workers: int | None = 2,
+    cache: bool = False,
+    report_only: bool = True,
+) -> argparse.ArgumentParser:
+    """The options every table's reproduction script shares.
+
+    ``--seeds``, ``--out`` (``results/<folder>``), and where asked ``--workers`` (runs side by
+    side), ``--cache-dir`` (the training cache) and ``--report-only`` (no runs, only the
+    summary). A script adds its own options to the parser it gets.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / folder)
+    if workers is not None:
+        parser.add_argument("--workers", type=int, default=workers)
+    if cache:
+        default_cache = str(Path.home() / ".cache" / "edgekd" / "runs")
+        parser.add_argument("--cache-dir", default=default_cache)
+    if report_only:
+        parser.add_argument("--report-only", action="store_true", help="no runs, only the summary")
+    return parser
 
 
 class RunProgress:

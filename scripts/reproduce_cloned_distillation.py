@@ -17,7 +17,6 @@ t-interval: "A-B" reads "A beats B".
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -32,6 +31,7 @@ from repro_common import (
     paired,
     run_compact,
     run_jobs,
+    table_parser,
 )
 
 PROFILES = ROOT / "simulations" / "cloned-distillation"
@@ -156,15 +156,8 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
 
 def main() -> int:
     """Run everything that is missing (in priority order), then write the summary."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = table_parser(__doc__, "cloned_distillation", cache=True)
     parser.add_argument("--variants", nargs="+", default=ORDER)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgekd" / "runs"))
-    parser.add_argument("--report-only", action="store_true", help="no runs, only the tables")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "cloned_distillation")
     args = parser.parse_args()
     unknown = sorted(set(args.variants) - set(ORDER))
     if unknown:

@@ -31,14 +31,21 @@ edge-to-cloud gap closed), ``offload_goal`` (the best sigma with offload <= 30 %
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, RunProgress, load_compacts, paired, run_compact, run_jobs
+from repro_common import (
+    ROOT,
+    RunProgress,
+    load_compacts,
+    paired,
+    run_compact,
+    run_jobs,
+    table_parser,
+)
 
 PROFILES = ROOT / "simulations" / "cloud-edge"
 LOSSES = ["CE", "ST", "AT", "FSP", "NMD-linear", "NMD-LTSA"]
@@ -204,16 +211,9 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
 
 def main() -> int:
     """Run everything that is missing, then write the summary."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = table_parser(__doc__, "cloud_edge", cache=True)
     parser.add_argument("--losses", nargs="+", default=LOSSES)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgekd" / "runs"))
     parser.add_argument("--extra", nargs="*", default=[], help="key=value run-config overrides")
-    parser.add_argument("--report-only", action="store_true", help="no runs, only the summary")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "cloud_edge")
     args = parser.parse_args()
     unknown = sorted(set(args.losses) - set(LOSSES))
     if unknown:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from repro_common import ROOT, RunProgress, load_compacts, paired, run_jobs
+from repro_common import ROOT, RunProgress, load_compacts, paired, run_jobs, table_parser
 
 from edgekd.ktg_search import (
     GraphData,
@@ -221,10 +221,7 @@ def _search_entry(search: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def parse_args() -> argparse.Namespace:
     """The command line (module docstring)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser = table_parser(__doc__, "ktg", seeds=(1, 2, 3, 4, 5))
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--target", default="resnet8")
@@ -235,9 +232,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="use the first N train images")
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
     parser.add_argument("--search", type=Path, default=ROOT / "results" / "ktg" / "search.json")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "ktg")
-    parser.add_argument("--report-only", action="store_true", help="no runs, only the summary")
     parser.add_argument("--run-one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     return parser.parse_args()
 

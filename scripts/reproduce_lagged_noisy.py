@@ -24,7 +24,6 @@ finished runs leave a compact JSON in ``compact/`` and are skipped when started 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tomllib
@@ -40,6 +39,7 @@ from repro_common import (
     paired,
     run_compact,
     run_jobs,
+    table_parser,
 )
 
 CD = ROOT / "simulations" / "cloned-distillation"
@@ -250,15 +250,9 @@ def noisy_summary(
 
 def main() -> int:
     """Run what is missing, then write summary.json, the README and the plots."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = table_parser(__doc__, "lagged_noisy", workers=None, cache=True)
     parser.add_argument("--parts", nargs="+", default=["lag", "noisy"], choices=["lag", "noisy"])
     parser.add_argument("--parallel", type=int, default=6)
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgekd" / "runs"))
-    parser.add_argument("--report-only", action="store_true", help="no runs, only the tables")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "lagged_noisy")
     args = parser.parse_args()
     out: Path = args.out
     calibration = check_calibration(out) if "noisy" in args.parts else None

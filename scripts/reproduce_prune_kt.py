@@ -53,7 +53,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from repro_common import ROOT, RunProgress, load_compacts, paired, run_compact, run_jobs
+from repro_common import (
+    ROOT,
+    RunProgress,
+    load_compacts,
+    paired,
+    run_compact,
+    run_jobs,
+    table_parser,
+)
 
 PROFILES = ROOT / "simulations" / "prune-kt"
 NPZ = "../shared/data/cifar10_head.npz"
@@ -362,18 +370,12 @@ def summarise(runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> 
 
 def main() -> int:
     """Run what is missing, then write summary.json and the README."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = table_parser(__doc__, "prune_kt")
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--npz", default=NPZ)
     parser.add_argument("--smoke", action="store_true", help="1-epoch everything (a check)")
     parser.add_argument("--extra", nargs="*", default=[], help="key=value run-config overrides")
-    parser.add_argument("--report-only", action="store_true", help="no runs, only the summary")
     parser.add_argument("--job", choices=["central"], help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "prune_kt")
     args = parser.parse_args()
     out: Path = args.out
     settings = SMOKE if args.smoke else Central()
