@@ -318,12 +318,28 @@ def _scale_fixed_section(data: dict[str, Any] | None) -> list[str]:
     if not data:
         return [*lines, "Not measured.", ""]
     s = data["settings"]
+    sittings = data.get("sittings") or [
+        {
+            "command": data["command"],
+            "date": data["date"],
+            "load_average_at_start": data["machine"].get("load_average_at_start"),
+            "rounds": s["rounds"],
+            "timeout_s": s["timeout_s"],
+        }
+    ]
     lines += [
-        f"Command: `{data['command']}` ({data['date']}).{_load_note(data)} "
+        "Sittings (the `sitting` column of the table says which made each run):",
+        "",
+        *(
+            f"{i}. `{x['command']}` ({x['date']}; {x['rounds']} rounds, per-run timeout "
+            f"{fmt(x['timeout_s'], 0)} s; load average when it started: "
+            f"{x['load_average_at_start']})"
+            for i, x in enumerate(sittings)
+        ),
+        "",
         f"Engine: {data['engine']}; every edge holds {s['per_edge']} images of `{s['data']}` "
-        f"({s['partitioner']}), model {s['model']}, {s['rounds']} rounds, one SuperNode per "
-        f"edge, 1 CPU per virtual client, one run per point; per-run timeout "
-        f"{fmt(s['timeout_s'], 0)} s. Strategies: "
+        f"({s['partitioner']}), model {s['model']}, one SuperNode per "
+        f"edge, 1 CPU per virtual client, one run per point. Strategies: "
         + "; ".join(f"`{k}`: {v}" for k, v in s["strategies"].items())
         + ". Time per round: median over rounds ≥ 2 of the ServerApp's clock. First round: "
         "seconds from the launcher's start to the ServerApp's round-1 line (SuperLink, Ray "
@@ -331,16 +347,17 @@ def _scale_fixed_section(data: dict[str, Any] | None) -> list[str]:
         "tree of `edgekd.launch`, sampled every 0.5 s.",
         "",
         "| strategy | edges | exit | s per round | s to first round | wall s | peak RSS MB | "
-        "peak PSS MB | processes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "peak PSS MB | processes | sitting |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for run in data["runs"]:
+    for run in sorted(data["runs"], key=lambda r: (r["edges"], r["strategy"])):
         memory = run["memory"]
         lines.append(
             f"| {run['strategy']} | {run['edges']} | {run['returncode']} | "
             f"{fmt(run.get('round_s_median'), 2)} | {fmt(run.get('first_round_s'), 0)} | "
             f"{fmt(run['wall_s'], 0)} | {fmt(memory.get('peak_rss_mb'), 0)} | "
-            f"{fmt(memory.get('peak_pss_mb'), 0)} | {memory.get('peak_processes', 'n/a')} |"
+            f"{fmt(memory.get('peak_pss_mb'), 0)} | {memory.get('peak_processes', 'n/a')} | "
+            f"{run.get('sitting', 0)} |"
         )
     for strategy, ratio in (data.get("ratios_1000_10") or {}).items():
         lines.append(

@@ -15,10 +15,16 @@ of the SuperLink, Ray and the nodes, Phase 0, the partition mapping), and the pe
 the whole process tree (RSS and PSS, sampled every 0.5 s). A run that fails or exceeds
 ``--timeout`` is recorded with what was measured (wall time, peak memory, last lines).
 
+The time per round is the median over rounds 2 to ``--rounds`` (default 6: five samples per
+run, so one slow round cannot decide a ratio). ``--merge`` re-measures some points and keeps
+the other runs of ``--out``; every run records the sitting (command, date, load average) that
+made it.
+
 Usage::
 
     python benchmarks/scale_fixed.py                         # writes benchmarks/scale_fixed.json
     python benchmarks/scale_fixed.py --edges 10 100 --strategies fedavg --rounds 3
+    python benchmarks/scale_fixed.py --edges 10 1000 --merge # re-measure two points
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from common import (
     ROOT,
     launch_simulation,
     machine,
+    read_json,
     stop_on_sigterm,
     today,
     write_json,
@@ -130,6 +137,34 @@ def _ratios(runs: list[dict[str, Any]], high: int, low: int) -> dict[str, Any]:
     return ratios
 
 
+def merged(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``new`` with ``old``'s sittings and its runs of the points this sitting does not re-run.
+
+    Raises SystemExit when ``old`` measured other data (images per edge, data file, model):
+    runs of different set-ups are not put in one table.
+    """
+    fixed = ("per_edge", "data", "model", "partitioner")
+    changed = [k for k in fixed if old["settings"].get(k) != new["settings"].get(k)]
+    if changed:
+        raise SystemExit(f"--merge: {args.out} measured other settings {changed}; use --out")
+    sittings = old.get("sittings") or [
+        {
+            "command": old["command"],
+            "date": old["date"],
+            "load_average_at_start": old.get("machine", {}).get("load_average_at_start"),
+            "rounds": old["settings"]["rounds"],
+            "timeout_s": old["settings"]["timeout_s"],
+        }
+    ]
+    redone = {(s, e) for s in args.strategies for e in args.edges}
+    kept = [
+        {**run, "sitting": run.get("sitting", 0)}
+        for run in old["runs"]
+        if (run["strategy"], run["edges"]) not in redone
+    ]
+    return {**new, "sittings": [*sittings, *new["sittings"]], "runs": kept}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
@@ -137,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--edges", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-edge", type=int, default=32, help="images per edge")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--out", type=Path, default=HERE / "scale_fixed.json")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep --out's runs of the points not re-run"
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 3:
+        parser.error(f"--rounds must be at least 3 (a median over rounds >= 2), got {args.rounds}")
     result: dict[str, Any] = {
         "command": "python benchmarks/scale_fixed.py " + " ".join(sys.argv[1:]),
         "date": today(),
@@ -165,9 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": [],
     }
+    sitting = {
+        "command": result["command"],
+        "date": result["date"],
+        "load_average_at_start": result["machine"].get("load_average_at_start"),
+        "rounds": args.rounds,
+        "timeout_s": args.timeout,
+    }
+    result["sittings"] = [sitting]
+    if args.merge and args.out.is_file():
+        result = merged(read_json(args.out), result, args)
     for edges in args.edges:  # smallest first: a failure at the largest size keeps the rest
         for strategy in args.strategies:
-            record = one_run(strategy, edges, args)
+            record = {**one_run(strategy, edges, args), "sitting": len(result["sittings"]) - 1}
             result["runs"].append(record)
             result["ratios_1000_10"] = _ratios(result["runs"], 1000, 10)
             write_json(args.out, result)
