@@ -49,6 +49,7 @@ __all__ = [
     "expand_classifier",
     "fitnet_transfer",
     "split_accuracy",
+    "train_dependent",
     "train_pruned",
     "transfer",
 ]
@@ -121,6 +122,58 @@ def train_pruned(
             progress=progress,
             **dict(schedule.augment),
         )
+    return model.eval()
+
+
+def train_dependent(
+    spec: ResNetSpec,
+    num_classes: int,
+    x: Tensor,
+    y: Tensor,
+    schedule: Schedule,
+    teacher: nn.Module,
+    *,
+    init_seed: int,
+    lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    progress: str = "dependent student",
+) -> PrunedResNet:
+    """A ``PrunedResNet(spec)`` trained from scratch with the teacher's help (section 5.2's
+    *dependent student*): every layer learns, batch norm updates its statistics, and the loss
+    is :func:`~edgekd.losses.layerwise_kt.layerwise_kt_loss` (``lambda1 J1 + lambda2 sum J_b +
+    lambda3 J3``, the block mapping chosen per batch) on labelled ``x, y``; returned in eval mode.
+
+    Why it matters: ``J_b`` compares the student's channels with the teacher's one by one
+    (zero-padded). A student trained alone has its own channel order, so a later transfer on
+    the edge would first have to rebuild its features around the teacher's; a dependent
+    student's channels follow the teacher's from the first step.
+    """
+    if schedule.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {schedule.epochs}")
+    check_transfer_pair(spec_of(teacher), spec)
+    teacher.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = PrunedResNet(spec, num_classes, int(x.shape[1]))
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay,
+    )
+    loader = _loader(x, y, schedule)
+    scheduler = make_lr_scheduler(optimizer, "cosine", schedule.epochs * len(loader))
+    with stage(progress, total=schedule.epochs * len(loader), unit="batches") as bar:
+        for epoch in range(schedule.epochs):
+            model.train()
+            for xb, yb in loader:
+                value = _kt_loss(model, teacher, xb, yb, lambdas)
+                if not torch.isfinite(value):
+                    raise FloatingPointError(
+                        f"{progress}: the loss became {float(value)} in epoch {epoch + 1} "
+                        "(lower the learning rate)"
+                    )
+                optimizer_step(optimizer, scheduler, value)
+                bar.advance()
     return model.eval()
 
 

@@ -122,6 +122,46 @@ def unseen_table(summary: dict[str, Any]) -> list[str]:
     ]
 
 
+def sweep_sections(out: Path) -> list[str]:
+    """The calibration sweeps of ``sweep_prune_kt.py`` (when their JSON exists)."""
+    lines: list[str] = []
+    path = out / "sweep.json"
+    if path.exists():
+        from sweep_prune_kt import table
+
+        lines += [
+            "## What controls forgetting: transfer length and the label term's weight",
+            "",
+            "`python scripts/sweep_prune_kt.py` (the 9 + 1 Flower job on calibration seeds, "
+            "`pk-transfer-epochs` and `pk-lambdas` overridden; the cloud's models are shared "
+            "by every point):",
+            "",
+            *table(json.loads(path.read_text())),
+            "",
+        ]
+    path = out / "sweep_unseen.json"
+    if path.exists():
+        seeds = json.loads(path.read_text())
+        lines += [
+            "## Unseen classes: transfer length, learning rate and J1's weight",
+            "",
+            "`python scripts/sweep_prune_kt.py --part unseen` (calibration seeds "
+            f"{[r['seed'] for r in seeds]}; accuracy on the 8 unseen classes' test images, "
+            "10-way, %, mean over these seeds):",
+            "",
+            "| transfer epochs | lr | λ1 | λ2 | with KT |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for i, point in enumerate(seeds[0]["points"]):
+            acc = sum(r["points"][i]["with_kt_acc"] for r in seeds) / len(seeds)
+            lines.append(
+                f"| {point['epochs']} | {point['lr']} | {point['lambda1']} | "
+                f"{point['lambda2']} | {pct(acc)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def write_report(summary: dict[str, Any], out: Path) -> None:
     """README.md from ``summary``."""
     lines = [HEADER, f"Seeds: {summary['seeds']}.", ""]
@@ -135,6 +175,7 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
         lines += unseen_table(summary)
     if summary["paired"]:
         lines += [*paired_table(summary["paired"], "Paired differences"), ""]
+    lines += sweep_sections(out)
     discussion = out / "discussion.md"
     if discussion.exists():
         lines.append(discussion.read_text())

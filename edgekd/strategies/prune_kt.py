@@ -39,7 +39,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from edgekd.cache import TrainingCache, run_description
+from edgekd.cache import TrainingCache, run_description, state_digest
 from edgekd.config import ExperimentConfig
 from edgekd.datasets.incremental import check_new_classes, local_labels, old_classes
 from edgekd.experiment import TensorData, core_data, load_bundle, test_data
@@ -57,7 +57,13 @@ from edgekd.protocol.prune_kt import (
     spec_entries,
     transfer_config,
 )
-from edgekd.prune_kt_training import Schedule, edge_specs, split_accuracy, train_pruned
+from edgekd.prune_kt_training import (
+    Schedule,
+    edge_specs,
+    split_accuracy,
+    train_dependent,
+    train_pruned,
+)
 from edgekd.seeds import derive_seed
 from edgekd.strategies.common import (
     CentralEvaluation,
@@ -185,16 +191,39 @@ class PruneKT(CentralEvaluation, StartDriven, RoundReports, Strategy):
             "init-seed": init_seed,
         }
 
+        dependent = kind.endswith("student") and self.pk.dependent_student
+        if dependent:
+            description["dependent-on"] = state_digest(self._teacher().state_dict())
+            description["lambdas"] = list(self.pk.lambdas)
+
         def train() -> dict[str, Any]:
-            model = train_pruned(
-                spec, len(self.old), *data, schedule, init_seed=init_seed, progress=kind
-            )
+            if dependent:
+                model = train_dependent(
+                    spec,
+                    len(self.old),
+                    *data,
+                    schedule,
+                    self._teacher(),
+                    init_seed=init_seed,
+                    lambdas=tuple(self.pk.lambdas),
+                    progress=f"dependent {kind}",
+                )
+            else:
+                model = train_pruned(
+                    spec, len(self.old), *data, schedule, init_seed=init_seed, progress=kind
+                )
             return {"state": model.state_dict()}
 
         stored = TrainingCache(self.config.cache_dir).get_or_compute(kind, description, train)
         model = PrunedResNet(spec, len(self.old), int(data[0].shape[1]))
         model.load_state_dict(stored["state"])
         return model.eval()
+
+    def _teacher(self) -> PrunedResNet:
+        """The trained teacher (:meth:`prepare` trains it before any student)."""
+        if self.teacher is None:
+            raise RuntimeError(f"{self.strategy_name}: the teacher is trained before students")
+        return self.teacher
 
     def _figures(self, model: PrunedResNet, test: tuple[torch.Tensor, torch.Tensor]) -> dict:
         params = count_resnet_parameters(model.spec, len(self.old), int(test[0].shape[1]))

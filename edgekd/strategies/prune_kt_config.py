@@ -58,6 +58,11 @@ class PruneKTConfig:
         ``M``, core images of the activation statistics (the paper: one batch).
     student_epochs, student_lr : Schedule of each compressed student, trained from scratch
         on the cloud's data.
+    dependent_student : bool
+        Train each student with the teacher's help (the paper's *dependent student*:
+        ``lambdas``' layer-wise loss with the labels, every layer learning) instead of with
+        cross-entropy alone, so that its channels follow the teacher's before an edge's
+        layer-wise transfer compares them one by one (default False).
     new_classes : tuple[int, ...]
         Edge ``i``'s new class (dataset label), one per edge, distinct; the cloud never trains
         on any of them (:mod:`edgekd.datasets.incremental`).
@@ -89,6 +94,7 @@ class PruneKTConfig:
     stat_images: int = 128
     student_epochs: int = 10
     student_lr: float = 0.1
+    dependent_student: bool = False
     new_classes: tuple[int, ...] = field(
         default=(9, 8, 7, 6),
         metadata={"kind": str, "raw-default": "9,8,7,6", "parse": _comma_ints},

@@ -26,7 +26,13 @@ from edgekd.protocol.prune_kt import (
     spec_entries,
     transfer_config,
 )
-from edgekd.prune_kt_training import Schedule, expand_classifier, fitnet_transfer, transfer
+from edgekd.prune_kt_training import (
+    Schedule,
+    expand_classifier,
+    fitnet_transfer,
+    train_dependent,
+    transfer,
+)
 from edgekd.pruning import keep_last_blocks
 from edgekd.runner import run_experiment
 from edgekd.strategies.common import FederationError
@@ -185,6 +191,43 @@ def test_transfer_trains_only_the_last_convs_and_the_classifier() -> None:
     with pytest.raises(ValueError, match=r"stages .* do not match"):
         transfer(
             student, PrunedResNet(resnet_spec(8, widths=(16, 32)), 3), x, y, Schedule(1, 6, 0.1)
+        )
+
+
+def test_dependent_student_trains_every_layer_with_the_teacher() -> None:
+    """A dependent student learns in every layer (batch norm statistics included) from the
+    layer-wise loss; with lambda1 = lambda2 = 0 it is the label term alone, so the teacher's
+    weights do not matter; a teacher of other stages is refused."""
+    torch.manual_seed(0)
+    teacher = PrunedResNet(resnet_spec(8), 3)
+    spec = keep_last_blocks(resnet_spec(8, widths=(8, 8, 8)))
+    x, y = torch.randn(12, 3, 8, 8), torch.tensor([0, 1, 2] * 4)
+    torch.manual_seed(0)
+    fresh = PrunedResNet(spec, 3)
+    student = train_dependent(spec, 3, x, y, Schedule(1, 6, 0.1), teacher, init_seed=0)
+    assert not student.training
+    unchanged = {
+        k
+        for k, v in student.state_dict().items()
+        if not k.endswith("num_batches_tracked") and torch.equal(v, fresh.state_dict()[k])
+    }
+    assert unchanged == set()
+    labels_only = [
+        train_dependent(
+            spec, 3, x, y, Schedule(1, 6, 0.1), t, init_seed=0, lambdas=(0.0, 0.0, 1.0)
+        ).state_dict()
+        for t in (teacher, PrunedResNet(resnet_spec(8), 3))
+    ]
+    assert all(torch.equal(v, labels_only[1][k]) for k, v in labels_only[0].items())
+    with pytest.raises(ValueError, match=r"stages .* do not match"):
+        train_dependent(
+            spec,
+            3,
+            x,
+            y,
+            Schedule(1, 6, 0.1),
+            PrunedResNet(resnet_spec(8, widths=(16, 32)), 3),
+            init_seed=0,
         )
 
 
