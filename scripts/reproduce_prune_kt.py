@@ -136,15 +136,13 @@ def _unseen(teacher: Any, spec: Any, data: dict[str, Any], seed: int, s: Central
     }
 
 
-def central_job(seed: int, npz: str, s: Central) -> dict[str, Any]:
-    """Compression table and unseen classes for one seed, in-process (1 torch thread)."""
-    import numpy as np
+def central_data(seed: int, npz: str, s: Central) -> dict[str, Any]:
+    """The central jobs' tensors (``x, y, xt, yt``), ``augment`` and ``schedule(epochs, lr,
+    stream, member)``, the seeded SGD schedule of one training step."""
     import torch
 
     from edgekd.datasets import default_padding, load_dataset, to_tensors
-    from edgekd.models.pruned_resnet import count_resnet_parameters, resnet_spec
-    from edgekd.prune_kt_training import Schedule, edge_specs, train_pruned
-    from edgekd.pruning import l1_norm_spec
+    from edgekd.prune_kt_training import Schedule
     from edgekd.seeds import derive_seed
 
     torch.set_num_threads(1)
@@ -159,15 +157,39 @@ def central_job(seed: int, npz: str, s: Central) -> dict[str, Any]:
             epochs, s.batch_size, lr, 0.9, 5e-4, derive_seed(stream, seed, member=member), augment
         )
 
-    teacher = train_pruned(
+    return {"x": x, "y": y, "xt": xt, "yt": yt, "schedule": schedule, "augment": augment}
+
+
+def central_teacher(seed: int, data: dict[str, Any], s: Central) -> Any:
+    """The seed's resnet teacher on all 10 classes of the training images."""
+    from edgekd.models.pruned_resnet import resnet_spec
+    from edgekd.prune_kt_training import train_pruned
+    from edgekd.seeds import derive_seed
+
+    return train_pruned(
         resnet_spec(s.teacher_depth),
         10,
-        x,
-        y,
-        schedule(s.teacher_epochs, s.lr, "pk-teacher"),
+        data["x"],
+        data["y"],
+        data["schedule"](s.teacher_epochs, s.lr, "pk-teacher"),
         init_seed=derive_seed("pk-init", seed),
         progress="teacher",
     )
+
+
+def central_job(seed: int, npz: str, s: Central) -> dict[str, Any]:
+    """Compression table and unseen classes for one seed, in-process (1 torch thread)."""
+    import numpy as np
+    import torch
+
+    from edgekd.models.pruned_resnet import count_resnet_parameters, resnet_spec
+    from edgekd.prune_kt_training import edge_specs, train_pruned
+    from edgekd.pruning import l1_norm_spec
+    from edgekd.seeds import derive_seed
+
+    data = central_data(seed, npz, s)
+    x, y, xt, yt, schedule = data["x"], data["y"], data["xt"], data["yt"], data["schedule"]
+    teacher = central_teacher(seed, data, s)
     t_params = count_resnet_parameters(resnet_spec(s.teacher_depth), 10)
     order = np.random.default_rng(derive_seed("pk-stats", seed)).permutation(len(y))
     specs, errors = edge_specs(teacher, x[torch.as_tensor(order[: s.stat_images])], THRESHOLDS)
@@ -194,7 +216,6 @@ def central_job(seed: int, npz: str, s: Central) -> dict[str, Any]:
             )
             row[key] = _accuracy(model, xt, yt)
         compression[f"{threshold:.1f}"] = row
-    data = {"x": x, "y": y, "xt": xt, "yt": yt, "schedule": schedule, "augment": augment}
     unseen = _unseen(teacher, specs[s.unseen_threshold], data, seed, s)
     return {
         "teacher": {"params": t_params, "test_acc": _accuracy(teacher, xt, yt)},

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from repro_common import RunProgress, pct, run_compact, run_jobs, table_parser
-from reproduce_prune_kt import NPZ, PROFILES, Central, compact_incremental
+from reproduce_prune_kt import (
+    NPZ,
+    PROFILES,
+    Central,
+    central_data,
+    central_teacher,
+    compact_incremental,
+)
 
 EPOCHS = (1, 3)
 LAMBDAS = ("1,1,1", "1,1,0.3", "1,1,0.1", "1,0,1", "1,0,0.3", "1,0,0.1", "10,0,0.3", "1,1,0.03")
@@ -117,35 +124,16 @@ def unseen_sweep(seed: int, npz: str, out: Path) -> dict[str, Any]:
     import torch
     from reproduce_prune_kt import _accuracy
 
-    from edgekd.datasets import default_padding, load_dataset, to_tensors
-    from edgekd.models.pruned_resnet import resnet_spec
-    from edgekd.prune_kt_training import Schedule, edge_specs, train_pruned, transfer
+    from edgekd.prune_kt_training import edge_specs, train_pruned, transfer
     from edgekd.seeds import derive_seed
 
     path = out / f"unseen-seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    torch.set_num_threads(1)
     s = Central()
-    bundle = load_dataset("npz", npz_path=npz)
-    x, y = to_tensors(bundle.x_train, bundle.y_train, bundle.mean, bundle.std)
-    xt, yt = to_tensors(bundle.x_test, bundle.y_test, bundle.mean, bundle.std)
-    size = bundle.image_size
-    augment = (("augment", True), ("padding", default_padding(size)), ("flip", size >= 16))
-
-    def schedule(epochs: int, lr: float, stream: str, member: int = 0) -> Schedule:
-        seed_ = derive_seed(stream, seed, member=member)
-        return Schedule(epochs, s.batch_size, lr, 0.9, 5e-4, seed_, augment)
-
-    teacher = train_pruned(
-        resnet_spec(s.teacher_depth),
-        10,
-        x,
-        y,
-        schedule(s.teacher_epochs, s.lr, "pk-teacher"),
-        init_seed=derive_seed("pk-init", seed),
-        progress="teacher",
-    )
+    data = central_data(seed, npz, s)
+    x, y, xt, yt, schedule = data["x"], data["y"], data["xt"], data["yt"], data["schedule"]
+    teacher = central_teacher(seed, data, s)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     specs, _ = edge_specs(teacher, x[order[: s.stat_images]], (s.unseen_threshold,))
     labelled = [(2 * seed) % 10, (2 * seed + 1) % 10]
