@@ -28,9 +28,15 @@ Pruning and Knowledge Transfer" (2022, https://arxiv.org/abs/2201.10947): Tables
 Regenerate (missing jobs are run, finished ones read back from `compact/`):
 
 ```bash
+python scripts/sweep_prune_kt.py                    # calibration seed 100: sweep.json
+python scripts/sweep_prune_kt.py --part unseen      # calibration seed 100: sweep_unseen.json
 python scripts/reproduce_prune_kt.py --workers 2    # 2 jobs x 5 seeds
 python scripts/reproduce_prune_kt.py --report-only  # summary.json and this README
 ```
+
+Where it was made: a 2-core CPU VM (no GPU lent), 1 torch thread per job, several jobs side by
+side. The 9 + 1 settings (`nine-plus-one.toml`) were chosen on calibration seed 100 by the
+sweep below, never on the reporting seeds.
 
 Data: `../shared/data/cifar10_head.npz` (5,170 train / 1,017 test CIFAR-10 images). Teacher:
 resnet20 (the paper's WRN-28-10 is out of reach on 2 CPU cores). Compressed students keep one
