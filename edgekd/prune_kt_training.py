@@ -147,34 +147,25 @@ def train_dependent(
     the edge would first have to rebuild its features around the teacher's; a dependent
     student's channels follow the teacher's from the first step.
     """
-    if schedule.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {schedule.epochs}")
     check_transfer_pair(spec_of(teacher), spec)
     teacher.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = PrunedResNet(spec, num_classes, int(x.shape[1]))
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=schedule.lr,
-        momentum=schedule.momentum,
-        weight_decay=schedule.weight_decay,
+
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        return _kt_loss(model, teacher, xb, yb, lambdas)
+
+    _run_steps(
+        model,
+        list(model.parameters()),
+        _loader(x, y, schedule),
+        schedule,
+        step,
+        progress,
+        freeze_bn=False,
     )
-    loader = _loader(x, y, schedule)
-    scheduler = make_lr_scheduler(optimizer, "cosine", schedule.epochs * len(loader))
-    with stage(progress, total=schedule.epochs * len(loader), unit="batches") as bar:
-        for epoch in range(schedule.epochs):
-            model.train()
-            for xb, yb in loader:
-                value = _kt_loss(model, teacher, xb, yb, lambdas)
-                if not torch.isfinite(value):
-                    raise FloatingPointError(
-                        f"{progress}: the loss became {float(value)} in epoch {epoch + 1} "
-                        "(lower the learning rate)"
-                    )
-                optimizer_step(optimizer, scheduler, value)
-                bar.advance()
-    return model.eval()
+    return model
 
 
 def expand_classifier(model: nn.Module, extra: int, *, seed: int) -> nn.Module:
@@ -242,9 +233,12 @@ def _run_steps(
     schedule: Schedule,
     step: Any,
     name: str,
+    *,
+    freeze_bn: bool = True,
 ) -> float:
     """Train ``params`` with ``step(xb, yb) -> loss`` for ``schedule.epochs``; mean last-epoch
-    loss. Batch norm keeps its running statistics; every parameter is trainable after."""
+    loss. Batch norm keeps its running statistics unless ``freeze_bn`` is False; every
+    parameter is trainable after, and ``student`` is left in eval mode."""
     if schedule.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {schedule.epochs}")
     optimizer = torch.optim.SGD(
@@ -255,7 +249,8 @@ def _run_steps(
     with stage(name, total=schedule.epochs * len(loader), unit="batches") as bar:
         for epoch in range(schedule.epochs):
             student.train()
-            freeze_batchnorm(student)
+            if freeze_bn:
+                freeze_batchnorm(student)
             total, seen = 0.0, 0
             for xb, yb in loader:
                 value = step(xb, yb)
