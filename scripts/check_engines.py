@@ -6,7 +6,9 @@ simulation engine: SuperLink, Ray virtual clients) and once through ``python -m 
 per-round test accuracy. Writes ``<out>/engine_check.json``.
 
     python scripts/check_engines.py                      # cloned distillation, CPP, short
-    python scripts/check_engines.py --profiles simulations/fedmd/KD.toml --out results/fedmd
+    python scripts/check_engines.py --profiles simulations/fedmd/base.toml \
+        simulations/fedmd/KD.toml --overrides "num-server-rounds=2" \
+        --metrics private-acc-mean uniform-acc-mean --out results/fedmd
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from repro_common import ROOT, load_curve
+from repro_common import ROOT, load_rows
 
 CD = ROOT / "simulations" / "cloned-distillation"
+
+
+def curves(run_dir: Path, metrics: list[str]) -> list[float] | dict[str, list[float]]:
+    """Per-round values of ``metrics`` (one metric: its list, as older checks recorded it)."""
+    rows = load_rows(run_dir)
+    values = {m: [float(r[m]) for r in rows if r.get(m) is not None] for m in metrics}
+    return values[metrics[0]] if len(metrics) == 1 else values
 
 
 def main() -> int:
@@ -35,6 +44,9 @@ def main() -> int:
         default="num-server-rounds=3 local-epochs=2 cd-core-epochs=4 cd-distill-epochs=2",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--metrics", nargs="+", default=["test-acc"], help="per-round metrics.json keys compared"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cloned_distillation")
     args = parser.parse_args()
     configs = [arg for p in args.profiles for arg in ("--run-config", str(p))]
@@ -74,11 +86,12 @@ def main() -> int:
             capture_output=True,
         )
         (sim_dir,) = [p for p in sim_root.iterdir() if (p / "metrics.json").exists()]
-        local, simulation = load_curve(local_dir), load_curve(sim_dir)
+        local, simulation = curves(local_dir, args.metrics), curves(sim_dir, args.metrics)
     result = {
         "profiles": [str(p.relative_to(ROOT)) for p in args.profiles],
         "overrides": args.overrides,
         "seed": args.seed,
+        "metrics": args.metrics,
         "local": local,
         "simulation": simulation,
         "identical": local == simulation,

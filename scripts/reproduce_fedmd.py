@@ -1,46 +1,59 @@
-"""Regenerate results/fedmd/: CE, KD and LKD at two Dirichlet alphas, an r sweep, FedAvg.
+"""Regenerate results/fedmd/: CE, KD, LKD and FedAvg at two Dirichlet alphas, paired over seeds.
 
 CPU-scale version of the comparison in the "Latent Space Distillation" slides (FedMD with a
 representation layer): 6 CIFAR-10-head clients of three architecture families (cnn, resnet8,
-vgg8), CIFAR-100-head images as public transfer and alignment data. Every run is one profile of
-simulations/fedmd/ executed by ``python -m edgekd.local`` (the ServerApp logic, the ClientApp
-and real Flower messages in one process, 1 torch thread), ``--workers`` runs side by side.
-Finished runs are kept and skipped when the script is started again. Then summary.json,
-README.md (tables; text after the ``<!-- discussion -->`` marker is kept) and accuracy.png.
+vgg8), CIFAR-100-head images as public transfer and alignment data. Every run is
+``simulations/fedmd/base.toml`` + ``<method>.toml`` executed by ``python -m edgekd.local`` (the
+ServerApp logic, the ClientApp and real Flower messages in one process, 1 torch thread),
+``--workers`` runs side by side. Transfer learning is cached per stage in ``--cache-dir``, so
+CE, KD and LKD of one seed and alpha share it. Each finished run leaves a compact record in
+``compact/`` (per-round private and uniform accuracy, consensus diagnostics, bytes), committed,
+so the table is built in several sittings; a second start runs only what is missing. Then
+``summary.json`` (every paired difference, same seed = same split and transfer learning),
+README.md and accuracy.png through ``report_fedmd.py``.
 
-    python scripts/reproduce_fedmd.py --workers 2          # the full table: 22 runs of ~2 min
-    python scripts/reproduce_fedmd.py --seeds 0 --alphas 0.1 --r-sweep --fedavg-seeds
+    python scripts/reproduce_fedmd.py --workers 2          # the full table
+    python scripts/reproduce_fedmd.py --report-only        # summary, README and plot only
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from repro_common import (
+    ROOT,
+    RunProgress,
+    load_compacts,
+    load_rows,
+    paired,
+    run_compact,
+    run_jobs,
+    table_parser,
+)
+
 PROFILES = ROOT / "simulations" / "fedmd"
-METHODS = ["CE", "KD", "LKD"]
+METHODS = ["CE", "KD", "LKD", "FedAvg"]
+ALPHAS = [0.1, 1.0]
 DEFAULT_R = 64
-SLIDES = {  # "Comparison with SOTA" slide: CIFAR-10 clients, CIFAR-100 transfer set
-    "private": {"CE": 0.634, "KD": 0.631, "CRD": 0.655, "LPD": 0.391, "LKD": 0.674},
-    "uniform": {"CE": 0.492, "KD": 0.551, "CRD": 0.530, "LPD": 0.183, "LKD": 0.544},
+R_SWEEP = [16, 64, 256]
+TESTS = ("private", "uniform")
+# Orderings the slides' "Comparison with SOTA" table shows (A above B), per test.
+SLIDE_CLAIMS = {
+    "private": ["LKD-CE", "LKD-KD"],
+    "uniform": ["KD-CE", "LKD-CE"],
 }
-MARKER = "<!-- discussion -->"
+CONSENSUS_KEYS = ("consensus-agreement", "consensus-acc", "client-acc-mean", "client-acc-max")
 
 
-def run_name(method: str, alpha: float, seed: int, r: int = DEFAULT_R) -> str:
-    """Directory name of one run under ``<out>/runs``."""
+def run_name(method: str, alpha: float, r: int = DEFAULT_R) -> str:
+    """Name of one (method, alpha, r) cell; a seed is appended per run."""
     suffix = "" if r == DEFAULT_R else f"-r{r}"
-    return f"{method}-alpha{alpha:g}-seed{seed}{suffix}"
+    return f"{method}-alpha{alpha:g}{suffix}"
 
 
 def alpha_key(alpha: float) -> str:
@@ -48,264 +61,98 @@ def alpha_key(alpha: float) -> str:
     return f"alpha={float(alpha)!r}"
 
 
-def run_one(method: str, alpha: float, seed: int, r: int, out: Path, extra: list[str]) -> Path:
-    """Run profile ``method`` with ``alpha``, ``seed`` and ``r`` unless already done."""
-    run_dir = out / "runs" / run_name(method, alpha, seed, r)
-    if (run_dir / "summary.json").exists():
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = [f"seed={seed} dirichlet-alpha={alpha} fedmd-representation-dim={r}", *extra]
-    command = [
-        sys.executable,
-        "-m",
-        "edgekd.local",
-        str(ROOT),
-        "--run-config",
-        str(PROFILES / "base.toml"),
-        "--run-config",
-        str(PROFILES / f"{method}.toml"),
-        *[arg for pair in overrides for arg in ("--run-config", pair)],
-        "--out-dir",
-        str(run_dir),
-        "--threads",
-        "1",
+def pair_key(pair: str, alpha: float, test: str) -> str:
+    """Key of one paired difference in summary.json's ``"paired"``."""
+    return f"{pair} {alpha_key(alpha)} {test}"
+
+
+def compact(run_dir: Path) -> dict[str, Any]:
+    """What the summary needs from one run: per-round curves, final per-client values."""
+    rows = load_rows(run_dir)
+    final = rows[-1]
+    return {
+        "private": [float(r["private-acc-mean"]) for r in rows],
+        "uniform": [float(r["uniform-acc-mean"]) for r in rows],
+        "private_std": float(final["private-acc-std"]),
+        "uniform_std": float(final["uniform-acc-std"]),
+        "uniform_by_model": final["uniform-acc-by-model"],
+        "bytes": [
+            float(r["bytes-sent"]) + float(r["bytes-received"]) for r in rows if r["round"] > 0
+        ],
+        "seconds": float(final["elapsed-s"]),
+        **{k: [r.get(k) for r in rows if r["round"] > 0] for k in CONSENSUS_KEYS},
+    }
+
+
+def overrides(alpha: float, r: int, cache_dir: str) -> list[str]:
+    """The run-config overrides of one cell."""
+    return [
+        f"dirichlet-alpha={alpha}",
+        f"fedmd-representation-dim={r}",
+        f"cache-dir='{cache_dir}'",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    started = time.monotonic()
-    with (run_dir / "log.txt").open("w") as log:
-        code = subprocess.run(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
-        ).returncode
-    if code != 0:
-        raise RuntimeError(f"{run_dir.name} failed (exit {code}); see {run_dir / 'log.txt'}")
-    print(
-        f"[{time.strftime('%H:%M:%S')}] {run_dir.name}: done in {time.monotonic() - started:.0f}s",
-        flush=True,
-    )
-    return run_dir
-
-
-def load_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-round rows of a run (round 0 = after transfer learning)."""
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(runs: list[Path], seeds: list[int]) -> dict[str, Any]:
-    """Final-round accuracies of one method at one alpha, over ``seeds``."""
-    rows = [load_rows(run) for run in runs]
-    finals = [r[-1] for r in rows]
-    private = [float(f["private-acc-mean"]) for f in finals]
-    uniform = [float(f["uniform-acc-mean"]) for f in finals]
-    private_mean, private_std = _stats(private)
-    uniform_mean, uniform_std = _stats(uniform)
-    collab = [row for r in rows for row in r if row["round"] > 0]
-    return {
-        "private_acc_mean": private_mean,
-        "private_acc_std": private_std,
-        "uniform_acc_mean": uniform_mean,
-        "uniform_acc_std": uniform_std,
-        "seeds": seeds,
-        "per_seed": {"private": private, "uniform": uniform},
-        "client_spread": {  # std over clients, mean over seeds
-            "private": statistics.fmean(float(f["private-acc-std"]) for f in finals),
-            "uniform": statistics.fmean(float(f["uniform-acc-std"]) for f in finals),
-        },
-        "after_transfer": {  # round 0: transfer learning only
-            "private": statistics.fmean(float(r[0]["private-acc-mean"]) for r in rows),
-            "uniform": statistics.fmean(float(r[0]["uniform-acc-mean"]) for r in rows),
-        },
-        "by_model_uniform": {
-            model: statistics.fmean(float(f["uniform-acc-by-model"][model]) for f in finals)
-            for model in finals[0]["uniform-acc-by-model"]
-        },
-        "bytes_per_round": statistics.fmean(
-            float(row["bytes-sent"]) + float(row["bytes-received"]) for row in collab
-        ),
-        "curve_private": [
-            statistics.fmean(float(r[i]["private-acc-mean"]) for r in rows)
-            for i in range(len(rows[0]))
-        ],
-        "curve_uniform": [
-            statistics.fmean(float(r[i]["uniform-acc-mean"]) for r in rows)
-            for i in range(len(rows[0]))
-        ],
-        "seconds": statistics.fmean(float(r[-1]["elapsed-s"]) for r in rows),
+def aggregate(group: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Final-round accuracies of one method at one alpha over ``seeds``, with curves."""
+    entry: dict[str, Any] = {"seeds": seeds, "per_seed": {}}
+    for test in TESTS:
+        finals = [run[test][-1] for run in group]
+        entry[f"{test}_acc_mean"], entry[f"{test}_acc_std"] = _stats(finals)
+        entry["per_seed"][test] = finals
+    entry["client_spread"] = {
+        test: statistics.fmean(run[f"{test}_std"] for run in group) for test in TESTS
     }
-
-
-def _cell(stats: dict[str, Any] | None, key: str) -> str:
-    if stats is None:
-        return "—"
-    return f"{stats[f'{key}_acc_mean']:.3f} ± {stats[f'{key}_acc_std']:.3f}"
-
-
-def tables(summary: dict[str, Any], alphas: list[float]) -> str:
-    """Markdown tables: main comparison beside the slides, r sweep, communication."""
-    methods = [*METHODS, "CRD", "LPD", "FedAvg"]
-    lines = []
-    for key, title in [("private", "Private test"), ("uniform", "Uniform test")]:
-        header = " | ".join(f"ours α={a:g}" for a in alphas)
-        lines += [
-            f"**{title}** (final round, mean ± std over seeds of the mean over 6 clients)",
-            "",
-            f"| method | {header} | slides |",
-            "| --- | " + " | ".join("---" for _ in alphas) + " | --- |",
+    entry["after_transfer"] = {
+        test: statistics.fmean(run[test][0] for run in group) for test in TESTS
+    }
+    entry["by_model_uniform"] = {
+        model: statistics.fmean(run["uniform_by_model"][model] for run in group)
+        for model in group[0]["uniform_by_model"]
+    }
+    entry["bytes_per_round"] = statistics.fmean(b for run in group for b in run["bytes"])
+    for test in TESTS:
+        entry[f"curve_{test}"] = [
+            statistics.fmean(run[test][i] for run in group) for i in range(len(group[0][test]))
         ]
-        for method in methods:
-            cells = [_cell(summary[alpha_key(a)].get(method), key) for a in alphas]
-            slide = SLIDES[key].get(method)
-            slide_text = f"{slide:.3f}" if slide is not None else "—"
-            if all(c == "—" for c in cells) and slide is None:
-                continue
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {slide_text} |")
-        lines.append("")
-    lines += [
-        "**After transfer learning only** (round 0, same runs; private / uniform)",
-        "",
-        "| method | " + " | ".join(f"α={a:g}" for a in alphas) + " |",
-        "| --- | " + " | ".join("---" for _ in alphas) + " |",
-    ]
-    for method in [*METHODS, "FedAvg"]:
-        cells = []
-        for a in alphas:
-            stats = summary[alpha_key(a)].get(method)
-            cells.append(
-                "—"
-                if stats is None
-                else f"{stats['after_transfer']['private']:.3f} / "
-                f"{stats['after_transfer']['uniform']:.3f}"
-            )
-        if any(c != "—" for c in cells):
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("")
-    sweep = summary.get("r_sweep", {})
-    if sweep.get("runs"):
-        lines += [
-            f"**r sweep** (LKD, α={sweep['alpha']:g}, seed {sweep['seed']}; perception "
-            "outputs: cnn 128, resnet8 64, vgg8 128)",
-            "",
-            "| r | private | uniform |",
-            "| --- | --- | --- |",
-        ]
-        for r, stats in sorted(sweep["runs"].items(), key=lambda kv: int(kv[0].split("=")[1])):
-            lines.append(f"| {r.split('=')[1]} | {stats['private']:.3f} | {stats['uniform']:.3f} |")
-        lines.append("")
-    lines += [
-        "**Communication** (payload bytes per round, both directions, all 6 clients; "
-        "mean over rounds and seeds)",
-        "",
-        "| method | " + " | ".join(f"α={a:g}" for a in alphas) + " |",
-        "| --- | " + " | ".join("---" for _ in alphas) + " |",
-    ]
-    for method in [*METHODS, "FedAvg"]:
-        cells = []
-        for a in alphas:
-            stats = summary[alpha_key(a)].get(method)
-            cells.append("—" if stats is None else f"{stats['bytes_per_round'] / 1e3:,.0f} kB")
-        if any(c != "—" for c in cells):
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    entry["seconds"] = statistics.fmean(run["seconds"] for run in group)
+    for key in CONSENSUS_KEYS:
+        values = [v for run in group for v in run.get(key, []) if v is not None]
+        entry[key.replace("-", "_")] = statistics.fmean(values) if values else None
+    return entry
 
 
-def plot(summary: dict[str, Any], alphas: list[float], path: Path) -> None:
-    """Mean private/uniform accuracy per round, one panel per alpha."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, len(alphas), figsize=(5.5 * len(alphas), 4), squeeze=False)
-    for ax, alpha in zip(axes[0], alphas, strict=True):
-        for method, stats in summary[alpha_key(alpha)].items():
-            rounds = range(len(stats["curve_private"]))
-            (line,) = ax.plot(rounds, stats["curve_private"], marker=".", label=f"{method} private")
-            ax.plot(
-                rounds,
-                stats["curve_uniform"],
-                "--",
-                marker=".",
-                color=line.get_color(),
-                label=f"{method} uniform",
-            )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"Dirichlet α={alpha:g}")
-        ax.set_xlabel("round (0 = after transfer learning)")
-        ax.set_ylabel("mean client accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_readme(out: Path, summary: dict[str, Any], alphas: list[float], command: str) -> None:
-    """README.md: generated tables, then any kept discussion after the marker."""
-    readme = out / "README.md"
-    kept = ""
-    if readme.exists() and MARKER in readme.read_text():
-        kept = readme.read_text().split(MARKER, 1)[1]
-    setup = summary["setup"]
-    generated = (
-        "# FedMD latent distillation at CPU scale\n\n"
-        f"Generated by `{command}` (seeds {setup['seeds']}, profiles "
-        "`simulations/fedmd/base.toml` + `<method>.toml`). Setup: "
-        f"{setup['data']}; {setup['clients']}; {setup['schedule']}.\n\n"
-        f"{tables(summary, alphas)}\n"
-        "![accuracy per round](accuracy.png)\n\n"
-    )
-    readme.write_text(generated + MARKER + (kept or "\n"))
-
-
-def main() -> int:
-    """Run everything that is missing, then aggregate."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
-    parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--r-sweep", type=int, nargs="*", default=[16, 64, 256])
-    parser.add_argument("--fedavg-seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "fedmd")
-    parser.add_argument(
-        "--extra", nargs="*", default=[], help="extra 'key=value' overrides for every run"
-    )
-    args = parser.parse_args()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_alpha, sweep_seed = args.alphas[0], args.seeds[0]
-    jobs = [(m, a, s, DEFAULT_R) for a in args.alphas for s in args.seeds for m in args.methods]
-    jobs += [("LKD", sweep_alpha, sweep_seed, r) for r in args.r_sweep]
-    jobs += [("FedAvg", a, s, DEFAULT_R) for s in args.fedavg_seeds for a in args.alphas]
-    jobs = list(dict.fromkeys(jobs))
-    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
-    with ThreadPoolExecutor(args.workers) as pool:
-        for future in [pool.submit(run_one, *job, out, args.extra) for job in jobs]:
-            future.result()
-
-    def runs(method: str, alpha: float, seeds: list[int]) -> list[Path]:
-        return [out / "runs" / run_name(method, alpha, s) for s in seeds]
-
-    summary: dict[str, Any] = {}
-    for alpha in args.alphas:
-        block = {m: aggregate(runs(m, alpha, args.seeds), args.seeds) for m in args.methods}
-        if args.fedavg_seeds:
-            block["FedAvg"] = aggregate(runs("FedAvg", alpha, args.fedavg_seeds), args.fedavg_seeds)
-            block["FedAvg"]["note"] = "one architecture (resnet8) for all clients; weights travel"
+def summarise(
+    runs: dict[tuple[str, int], dict[str, Any]], seeds: list[int], r_seed: int
+) -> dict[str, Any]:
+    """summary.json: per-alpha blocks, every paired difference, the r sweep, the setup."""
+    summary: dict[str, Any] = {"seeds": seeds, "paired": {}}
+    for alpha in ALPHAS:
+        block = {}
+        for method in METHODS:
+            group = [runs[(run_name(method, alpha), s)] for s in seeds]
+            block[method] = aggregate(group, seeds)
+        block["FedAvg"]["note"] = "one architecture (resnet8) for all clients; weights travel"
         summary[alpha_key(alpha)] = block
-    sweep: dict[str, Any] = {"method": "LKD", "alpha": sweep_alpha, "seed": sweep_seed, "runs": {}}
-    for r in args.r_sweep:
-        final = load_rows(out / "runs" / run_name("LKD", sweep_alpha, sweep_seed, r))[-1]
-        sweep["runs"][f"r={r}"] = {
-            "private": float(final["private-acc-mean"]),
-            "uniform": float(final["uniform-acc-mean"]),
-        }
+        for test in TESTS:
+            finals = {m: block[m]["per_seed"][test] for m in METHODS}
+            for b, a in combinations(METHODS, 2):
+                entry = paired(finals[a], finals[b])
+                entry["slides_claim"] = f"{a}-{b}" in SLIDE_CLAIMS[test]
+                summary["paired"][pair_key(f"{a}-{b}", alpha, test)] = entry
+            for method in METHODS:  # what the rounds add to transfer learning, per method
+                group = [runs[(run_name(method, alpha), s)] for s in seeds]
+                entry = paired([r[test][-1] for r in group], [r[test][0] for r in group])
+                entry["slides_claim"] = False
+                summary["paired"][pair_key(f"{method}-round0", alpha, test)] = entry
+    sweep: dict[str, Any] = {"method": "LKD", "alpha": ALPHAS[0], "seed": r_seed, "runs": {}}
+    for r in R_SWEEP:
+        run = runs[(run_name("LKD", ALPHAS[0], r), r_seed)]
+        sweep["runs"][f"r={r}"] = {test: run[test][-1] for test in TESTS}
     summary["r_sweep"] = sweep
     profile = {
         **tomllib.loads((PROFILES / "base.toml").read_text()),
@@ -324,24 +171,55 @@ def main() -> int:
         f"digest ({profile['fedmd-digest-epochs']} epochs, lr {profile['fedmd-digest-lr']}, "
         f"{profile['fedmd-logit-loss']} t={profile['fedmd-temperature']}, latent weight "
         f"{profile['fedmd-latent-weight']} for LKD) and revisit "
-        f"({profile['fedmd-revisit-epochs']} epoch)",
-        "seeds": args.seeds,
-        "extra_overrides": args.extra,
+        f"({profile['fedmd-revisit-epochs']} epochs)",
+        "seeds": seeds,
         "accuracy": "final round; mean over clients, then mean/std over seeds; private test = "
         f"{profile['fedmd-private-test-size']} test images drawn with each client's label "
         "distribution; uniform = the whole test split",
         "profile": profile,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(
-        {k: v for k, v in summary.items() if k.startswith("alpha=")},
-        args.alphas,
-        out / "accuracy.png",
-    )
-    command = "python scripts/reproduce_fedmd.py " + " ".join(sys.argv[1:])
-    write_readme(out, summary, args.alphas, command.strip())
-    print(tables(summary, args.alphas))
-    print(f"seeds {args.seeds}; command: {command.strip()}")
+    return summary
+
+
+def main() -> int:
+    """Run everything that is missing, then summarise and report."""
+    parser = table_parser(__doc__, "fedmd", cache=True)
+    parser.add_argument("--r-seed", type=int, default=0, help="seed of the r sweep")
+    args = parser.parse_args()
+    out: Path = args.out
+    jobs: list[tuple[str, int]] = []
+    cells: dict[str, tuple[str, float, int]] = {}
+    for alpha in ALPHAS:
+        for method in METHODS:
+            cells[run_name(method, alpha)] = (method, alpha, DEFAULT_R)
+    for r in R_SWEEP:
+        cells[run_name("LKD", ALPHAS[0], r)] = ("LKD", ALPHAS[0], r)
+    # Seed-major, and CE (which fills the transfer-learning cache) and FedAvg (which needs none)
+    # before KD and LKD, so that runs side by side never compute the same transfer learning.
+    for seed in args.seeds:
+        for method in ["CE", "FedAvg", "KD", "LKD"]:
+            jobs += [(run_name(method, alpha), seed) for alpha in ALPHAS]
+    jobs += [(run_name("LKD", ALPHAS[0], r), args.r_seed) for r in R_SWEEP if r != DEFAULT_R]
+    jobs = list(dict.fromkeys(jobs))
+    if args.report_only:
+        runs = load_compacts(out)
+        missing = [job for job in jobs if job not in runs]
+        if missing:
+            print(f"missing {len(missing)} runs, e.g. {missing[:3]}; no summary", file=sys.stderr)
+            return 1
+    else:
+
+        def run(name: str, seed: int, progress: RunProgress) -> dict[str, Any]:
+            method, alpha, r = cells[name]
+            profiles = [PROFILES / "base.toml", PROFILES / f"{method}.toml"]
+            extra = overrides(alpha, r, args.cache_dir)
+            return run_compact(name, seed, profiles, out, compact, extra=extra, progress=progress)
+
+        runs = run_jobs(jobs, args.workers, run)
+    summary = summarise(runs, args.seeds, args.r_seed)
+    from report_fedmd import write_report
+
+    write_report(summary, out)
     return 0
 
 

@@ -185,8 +185,14 @@ class NodeMapper:
         Seconds the set of connected nodes must stay unchanged, every one of them answered,
         before the mapping ends with fewer nodes than expected (default 5).
     whoami_timeout : float, optional
-        Seconds to wait for a node's ``query.whoami`` reply (default 60); a node that does not
-        answer in time is an edge without a partition id.
+        Seconds to wait for one batch of ``query.whoami`` replies (default 60); a node that
+        does not answer in time is an edge without a partition id.
+    whoami_batch : int, optional
+        Nodes asked at a time (default 256). Flower's simulation engine scans every stored
+        message for every node on each delivery pass, so pushing 10,000 queries at once makes
+        each pass quadratic and lets a single timeout leave thousands of queries unanswered in
+        the SuperLink, delaying every later round's messages behind them
+        (``benchmarks/README.md`` §3b); batches keep both bounded.
 
     Notes
     -----
@@ -203,12 +209,21 @@ class NodeMapper:
     """
 
     def __init__(
-        self, expected: int, name: str, *, settle: float = 5.0, whoami_timeout: float = 60.0
+        self,
+        expected: int,
+        name: str,
+        *,
+        settle: float = 5.0,
+        whoami_timeout: float = 60.0,
+        whoami_batch: int = 256,
     ) -> None:
+        if whoami_batch < 1:
+            raise ValueError(f"whoami_batch must be >= 1, got {whoami_batch}")
         self.expected = expected
         self.name = name
         self.settle = settle
         self.whoami_timeout = whoami_timeout
+        self.whoami_batch = whoami_batch
         self.node_of_partition: dict[int, int] = {}
         self.unmapped: dict[int, str] = {}
         self.reported_partitions: set[int] = set()
@@ -224,10 +239,13 @@ class NodeMapper:
         return [node for node in nodes if node not in self.excluded]
 
     def request(self, grid: Grid) -> None:
-        """Push ``query.whoami`` to every connected node; :meth:`map` collects the answers."""
-        messages = [self._whoami(node) for node in grid.get_node_ids()]
-        if messages:
-            self._pending = set(grid.push_messages(messages))
+        """Push ``query.whoami`` to the first batch of nodes; :meth:`map` collects the answers.
+
+        :meth:`map` asks the other nodes, one batch at a time.
+        """
+        nodes = sorted(grid.get_node_ids())[: self.whoami_batch]
+        if nodes:
+            self._pending = set(grid.push_messages([self._whoami(n) for n in nodes]))
 
     def map(self, grid: Grid, timeout: float) -> list[int]:
         """Learn the edges within ``timeout`` seconds; return them in edge order."""
@@ -241,7 +259,7 @@ class NodeMapper:
             if connected != nodes:
                 nodes, stable_since = connected, time.monotonic()
             asked = set(self.node_of_partition.values()) | set(self.unmapped)
-            self._ask(grid, sorted(connected - asked))
+            self._ask(grid, sorted(connected - asked), deadline)
             answered = set(self.node_of_partition.values()) | set(self.unmapped)
             wanted = max(self.reported_partitions, default=self.expected)
             settled = len(connected) >= wanted or time.monotonic() - stable_since >= self.settle
@@ -252,18 +270,29 @@ class NodeMapper:
         self._log_mapping()
         return self.edges
 
-    def _ask(self, grid: Grid, nodes: list[int]) -> None:
-        """Ask ``nodes`` who they are; one that does not answer in time stays an edge."""
+    def _ask(self, grid: Grid, nodes: list[int], deadline: float) -> None:
+        """Ask ``nodes`` who they are, a batch at a time until ``deadline``.
+
+        A node that does not answer in time, or is not asked before the deadline, stays an
+        edge without a partition id.
+        """
         if not nodes:
             return
-        messages = [self._whoami(n) for n in nodes]
-        for reply in grid.send_and_receive(messages, timeout=self.whoami_timeout):
-            self._record(reply)
+        asked = 0
+        while asked < len(nodes) and (asked == 0 or time.monotonic() <= deadline):
+            batch = nodes[asked : asked + self.whoami_batch]
+            messages = [self._whoami(n) for n in batch]
+            for reply in grid.send_and_receive(messages, timeout=self.whoami_timeout):
+                self._record(reply)
+            asked += len(batch)
         mapped = set(self.node_of_partition.values())  # one set: O(N), not O(N) per node
-        for node in nodes:
+        for index, node in enumerate(nodes):
             if node not in self.unmapped and node not in mapped:
-                reason = f"no reply to {WHOAMI_TYPE} within {self.whoami_timeout:g} s"
-                self.unmapped[node] = reason
+                self.unmapped[node] = (
+                    f"no reply to {WHOAMI_TYPE} within {self.whoami_timeout:g} s"
+                    if index < asked
+                    else f"not asked {WHOAMI_TYPE} before the mapping's timeout"
+                )
 
     def _log_mapping(self) -> None:
         log(

@@ -155,6 +155,65 @@ def test_mapper_collects_the_answers_it_requested_earlier() -> None:
     assert len(grid.delivered) == 3
 
 
+class _BatchRecordingGrid(InProcessGrid):
+    """An in-process grid that records the size of every push."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.pushes: list[int] = []
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        self.pushes.append(len(messages))
+        return super().push_messages(messages)
+
+
+def test_mapper_asks_in_batches_and_maps_every_node_once() -> None:
+    """whoami goes out in batches of whoami_batch, request() included; the map is complete.
+
+    Prepare: 10 nodes; whoami_batch 3.
+    Execute: request (pushes the first batch), then map.
+    Assert: pushes of 3, 3, 3, 1 (no push larger than a batch); every partition mapped in
+    order; each node got exactly one whoami.
+    """
+    grid = _BatchRecordingGrid(_whoami_app(set()), {}, num_nodes=10, seed=1)
+    mapper = NodeMapper(10, "test", whoami_batch=3)
+    mapper.request(grid)
+    edges = mapper.map(grid, timeout=30)
+    assert grid.pushes == [3, 3, 3, 1]
+    assert edges == [grid.node_id_of(p) for p in range(10)]
+    assert len(grid.delivered) == 10
+
+
+def test_nodes_not_asked_before_the_mapping_timeout_are_edges_with_that_reason() -> None:
+    """Past the mapping's deadline no further batch is sent; the rest are still edges.
+
+    Prepare: 4 nodes, batch 1, every whoami reply held back; whoami timeout 0.2 s, mapping
+    timeout 0.3 s.
+    Execute: map.
+    Assert: 4 edges, none mapped; the first asked node's reason is the reply timeout, at
+    least one node's reason says it was not asked before the timeout; fewer than 4 pushes.
+    """
+
+    def hold(message: Message) -> int:
+        return 10**9 if message.metadata.message_type == "query.whoami" else 0
+
+    grid = _BatchRecordingGrid(_whoami_app(set()), {}, num_nodes=4, delay_pulls=hold)
+    mapper = NodeMapper(4, "test", whoami_timeout=0.2, whoami_batch=1)
+    edges = mapper.map(grid, timeout=0.3)
+    assert sorted(edges) == sorted(grid.get_node_ids()) and mapper.node_of_partition == {}
+    reasons = [mapper.unmapped[node] for node in sorted(grid.get_node_ids())]
+    assert "within 0.2 s" in reasons[0]
+    assert any("before the mapping's timeout" in r for r in reasons)
+    assert len(grid.pushes) < 4
+
+
+def test_mapper_refuses_an_empty_batch() -> None:
+    """whoami_batch < 1 is refused with the value named."""
+    with pytest.raises(ValueError, match="whoami_batch must be >= 1, got 0"):
+        NodeMapper(2, "test", whoami_batch=0)
+
+
 def test_instruction_uses_the_message_constructor_without_deprecation() -> None:
     """instruction() builds a Message for one node without Flower's deprecated create_message."""
     with warnings.catch_warnings():
