@@ -191,8 +191,8 @@ class NodeMapper:
         Nodes asked at a time (default 256). Flower's simulation engine scans every stored
         message for every node on each delivery pass, so pushing 10,000 queries at once makes
         each pass quadratic and lets a single timeout leave thousands of queries unanswered in
-        the SuperLink, delaying every later round's messages behind them
-        (``benchmarks/README.md`` §3b); batches keep both bounded.
+        the SuperLink, delaying every later round's messages behind them (a profile of
+        the 10,000-node benchmark run); batches keep both bounded.
 
     Notes
     -----
